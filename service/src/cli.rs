@@ -1,0 +1,242 @@
+//! The flags every paretopo binary shares, and [`run_main`], which turns a role's `run` function
+//! into a process: parse config, set up logging, bind the ports, stop on SIGTERM or Ctrl-C.
+//!
+//! Exit codes: 0 after a clean shutdown; 1 when the process failed while running (a port in use,
+//! a fatal error); 2 for bad flags (clap's own exit code) or a bad config. Errors are one line on
+//! stderr that names the key and the reason.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+use crate::config::RunConfig;
+use crate::logging::{self, LogFormat};
+use crate::metrics::{self, Metrics};
+use crate::process::{Process, ProcessSetup};
+use crate::{Role, grpc};
+
+/// Flags shared by `coordinator`, `learner`, `actor` and `tool-server`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// The run config (TOML). Every process of a run reads the same file; keys it does not set
+    /// keep their defaults. Without this flag, the defaults alone are used.
+    #[arg(long, value_name = "FILE", env = "PARETOPO_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The gRPC address to listen on (health, reflection, the role's API). Port 0 picks a free
+    /// port. Overrides `listen` in this role's config section.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// The HTTP address for Prometheus metrics at `/metrics`. Overrides `metrics_listen` in this
+    /// role's config section; without either, no metrics port is opened.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log line format on stderr. The level comes from RUST_LOG (default `info`).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Override one config key, e.g. `--set algorithm.group_size=4` or `--set run.name=demo`.
+    /// Repeatable. The value is TOML (numbers, booleans, arrays, quoted strings); a bare word is a
+    /// string.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+impl CommonArgs {
+    /// The config with this process's flags applied; `--listen` and `--metrics-listen` become
+    /// overrides of the role's section, so they are checked like any key.
+    pub fn load_config(&self, role: Role) -> Result<RunConfig, crate::config::ConfigError> {
+        let section = section_name(role);
+        let mut overrides = self.overrides.clone();
+        if let Some(listen) = self.listen {
+            overrides.push(format!("{section}.listen=\"{listen}\""));
+        }
+        if let Some(metrics) = self.metrics_listen {
+            overrides.push(format!("{section}.metrics_listen=\"{metrics}\""));
+        }
+        RunConfig::load(self.config.as_deref(), &overrides)
+    }
+}
+
+/// The config section of a role.
+pub fn section_name(role: Role) -> &'static str {
+    match role {
+        Role::Coordinator => "coordinator",
+        Role::Learner => "learner",
+        Role::Actor => "actor",
+        Role::ToolServer => "tool_server",
+    }
+}
+
+/// What a role's `run` function receives: the config, the process, and its bound ports.
+#[derive(Debug)]
+pub struct Launch {
+    /// The validated run config.
+    pub config: RunConfig,
+    /// The process's facts, state, health and shutdown token.
+    pub process: Arc<Process>,
+    /// The metric registry; register role metrics before [`Launch::serve`].
+    pub metrics: Metrics,
+    grpc_listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+}
+
+impl Launch {
+    /// Serves the role's `routes` (plus health and reflection) and the metrics port until
+    /// shutdown, then returns.
+    pub async fn serve(self, routes: Routes) -> anyhow::Result<()> {
+        let shutdown = self.process.shutdown().clone();
+        let metrics_task = self.metrics_listener.map(|listener| {
+            tokio::spawn(metrics::serve(
+                listener,
+                Arc::new(self.metrics),
+                shutdown.clone(),
+            ))
+        });
+        let served = grpc::serve(self.process.clone(), self.grpc_listener, routes).await;
+        // Whatever ended the gRPC server ends the process: make sure everything else stops too.
+        shutdown.cancel();
+        if let Some(task) = metrics_task {
+            match tokio::time::timeout(Duration::from_secs(1), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "metrics server failed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "metrics task panicked"),
+                Err(_) => tracing::warn!("metrics server did not stop within 1 s"),
+            }
+        }
+        served.map_err(Into::into)
+    }
+}
+
+/// Runs a role: config and logging, runtime, ports, signal handling, then `run(launch)`.
+///
+/// `service_name` is the role's gRPC service (`paretopo.v1.Learner`), whose health is reported.
+pub fn run_main<F, Fut>(
+    role: Role,
+    service_name: &'static str,
+    args: CommonArgs,
+    run: F,
+) -> ExitCode
+where
+    F: FnOnce(Launch) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let config = match args.load_config(role) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{role}: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{role}: error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let launch = launch(role, service_name, config, started).await?;
+        let shutdown = launch.process.shutdown().clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received, shutting down");
+            shutdown.cancel();
+        });
+        run(launch).await
+    });
+    // Don't wait for detached tasks (a blocked client stream, say): shutdown must be prompt.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("{role}: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Binds the role's ports and builds its [`Process`].
+async fn launch(
+    role: Role,
+    service_name: &'static str,
+    config: RunConfig,
+    started: Instant,
+) -> anyhow::Result<Launch> {
+    let section_key = section_name(role);
+    let section = config.role_section(role).clone();
+    let grpc_listener = TcpListener::bind(section.listen)
+        .await
+        .with_context(|| format!("binding `{section_key}.listen` = {}", section.listen))?;
+    let metrics_listener = match section.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding `{section_key}.metrics_listen` = {addr}"))?,
+        ),
+        None => None,
+    };
+    let setup = ProcessSetup {
+        role,
+        run_name: config.run.name.clone(),
+        service_name,
+        listen_address: grpc_listener.local_addr()?,
+        metrics_address: metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?,
+        advertised_address: section.advertised_address.clone(),
+        drain_timeout: Duration::from_millis(section.drain_timeout_ms),
+    };
+    let process = Arc::new(Process::new(setup, started).await);
+    let metrics = Metrics::new(role, started, process.started_unix());
+    tracing::info!(
+        role = %role,
+        listen = %process.listen_address(),
+        metrics = ?process.metrics_address(),
+        run = %config.run.name,
+        "starting"
+    );
+    Ok(Launch {
+        config,
+        process,
+        metrics,
+        grpc_listener,
+        metrics_listener,
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut sigterm) => {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this process");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! The run config: one TOML file for every process of a run (DESIGN.md §7, §10).
+//!
+//! Shared sections (`[run]`, `[cluster]`, `[model]`, `[task]`, `[algorithm]`) and one per role
+//! (`[coordinator]`, `[learner]`, `[actor]`, `[tool_server]`). Every binary reads the whole file,
+//! so an unknown key anywhere is an error in every process. Every key has a default and can be
+//! overridden from the command line with `--set section.key=value`.
+//!
+//! Every error names the key it is about, e.g. ``key `learner.listen`: invalid socket address
+//! syntax``. This module reads files; it does not decide what a role does with its section.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything a config can get wrong. Each variant names the file (if any) and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("config file {path}: not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message (with line and column).
+        message: String,
+    },
+    /// A key is unknown, has the wrong type, or an invalid value.
+    #[error("{origin}: key `{key}`: {message}")]
+    Key {
+        /// Where the config came from (a file, or the defaults plus overrides).
+        origin: String,
+        /// The dotted key path, e.g. `learner.listen`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A `--set` argument is not `key=value`.
+    #[error("--set {arg:?}: expected KEY=VALUE with a dotted key such as `run.name=demo`")]
+    BadOverride {
+        /// The argument as given.
+        arg: String,
+    },
+}
+
+/// The whole run config. Field docs are the user documentation of each key.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// `[run]`: what the run is called and where it writes.
+    pub run: RunSection,
+    /// `[cluster]`: how processes find each other.
+    pub cluster: ClusterSection,
+    /// `[model]`: the policy model.
+    pub model: ModelSection,
+    /// `[task]`: the task and its objectives.
+    pub task: TaskSection,
+    /// `[algorithm]`: the estimator and its settings.
+    pub algorithm: AlgorithmSection,
+    /// `[coordinator]`: the coordinator process.
+    pub coordinator: RoleSection,
+    /// `[learner]`: each learner process.
+    pub learner: RoleSection,
+    /// `[actor]`: each actor process.
+    pub actor: RoleSection,
+    /// `[tool_server]`: each tool-server process.
+    pub tool_server: RoleSection,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Name of the run; processes of different runs refuse to join each other.
+    pub name: String,
+    /// Directory for the run's config copy, metrics, checkpoints and frontier.
+    pub dir: PathBuf,
+    /// Seed for every random choice of the run.
+    pub seed: u64,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            name: "quickstart".into(),
+            dir: PathBuf::from("runs/quickstart"),
+            seed: 0,
+        }
+    }
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// The coordinator's gRPC address, as workers dial it.
+    pub coordinator_address: String,
+    /// Worker processes (learners, actors, tool-servers) the coordinator waits for.
+    pub nodes: u32,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            coordinator_address: "127.0.0.1:50051".into(),
+            nodes: 3,
+        }
+    }
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// A named config (`tiny`, `qwen2.5-0.5b`, ...) or a Hugging Face checkpoint directory.
+    pub name: String,
+    /// `auto` (CUDA when present, else CPU), `cpu`, or `cuda:N`.
+    pub device: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            name: "tiny".into(),
+            device: "auto".into(),
+        }
+    }
+}
+
+/// `[task]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskSection {
+    /// The task: `synthetic-math` (built in), or a data file in GSM8K or HotpotQA format.
+    pub name: String,
+    /// The objectives, all maximised, in the order every objective vector uses (K >= 2).
+    pub objectives: Vec<String>,
+}
+
+impl Default for TaskSection {
+    fn default() -> Self {
+        Self {
+            name: "synthetic-math".into(),
+            objectives: vec![
+                "accuracy".into(),
+                "tool_efficiency".into(),
+                "token_efficiency".into(),
+            ],
+        }
+    }
+}
+
+/// `[algorithm]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlgorithmSection {
+    /// The advantage estimator: `paretopo`, `grpo_accuracy`, `static:W`, `gdpo`, `otc_grpo`, ...
+    pub method: String,
+    /// Trajectories sampled per prompt (G >= 2).
+    pub group_size: u32,
+    /// The run's planned number of learner steps (T).
+    pub total_steps: u64,
+}
+
+impl Default for AlgorithmSection {
+    fn default() -> Self {
+        Self {
+            method: "paretopo".into(),
+            group_size: 8,
+            total_steps: 200,
+        }
+    }
+}
+
+/// The section every role has: where it listens.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleSection {
+    /// The gRPC listen address (`--listen`). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The Prometheus metrics listen address (`--metrics-listen`); absent turns metrics off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The address peers should dial, when it differs from `listen` (NAT, Kubernetes).
+    pub advertised_address: Option<String>,
+    /// How long shutdown may wait for calls in flight, in milliseconds.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for RoleSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: None,
+            advertised_address: None,
+            drain_timeout_ms: 3000,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads `path` (or starts from the defaults when `None`), applies `overrides`
+    /// (`section.key=value`, the value in TOML syntax, a bare word taken as a string), and checks
+    /// every key.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        let (origin, mut table) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let table = text
+                    .parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: path.to_owned(),
+                        message: e.message().to_owned() + &line_of(&text, e.span()),
+                    })?;
+                (format!("config file {}", path.display()), table)
+            }
+            None => ("config".to_owned(), toml::Table::new()),
+        };
+        for arg in overrides {
+            apply_override(&mut table, arg)?;
+        }
+        let config: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Key {
+                    origin: origin.clone(),
+                    key,
+                    message: e.into_inner().to_string(),
+                }
+            })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Key {
+                origin,
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// The role section for `role`.
+    pub fn role_section(&self, role: crate::Role) -> &RoleSection {
+        match role {
+            crate::Role::Coordinator => &self.coordinator,
+            crate::Role::Learner => &self.learner,
+            crate::Role::Actor => &self.actor,
+            crate::Role::ToolServer => &self.tool_server,
+        }
+    }
+
+    /// Checks values that parse but make no sense; returns the key and the reason.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, message: String| Err((key.to_owned(), message));
+        if self.run.name.is_empty() {
+            return fail("run.name", "must not be empty".into());
+        }
+        if self.task.objectives.len() < 2 {
+            return fail(
+                "task.objectives",
+                format!(
+                    "needs at least 2 objectives, got {}",
+                    self.task.objectives.len()
+                ),
+            );
+        }
+        if self.algorithm.group_size < 2 {
+            return fail(
+                "algorithm.group_size",
+                format!("must be at least 2, got {}", self.algorithm.group_size),
+            );
+        }
+        if self.algorithm.total_steps == 0 {
+            return fail("algorithm.total_steps", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Applies one `--set a.b=value` to the raw table, creating sections as needed.
+fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::BadOverride {
+        arg: arg.to_owned(),
+    };
+    let (key, raw) = arg.split_once('=').ok_or_else(bad)?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad());
+    }
+    // A value in TOML syntax (numbers, booleans, arrays, quoted strings); anything else is text.
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let (last, sections) = parts.split_last().ok_or_else(bad)?;
+    let mut current = table;
+    for section in sections {
+        let entry = current
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Table::new().into());
+        current = entry.as_table_mut().ok_or_else(|| ConfigError::Key {
+            origin: "--set".into(),
+            key: key.to_owned(),
+            message: format!("`{section}` is not a section"),
+        })?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// " at line N" for a parser error span, so syntax errors point at the line.
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn load_text(text: &str) -> Result<RunConfig, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(text.as_bytes()).expect("write");
+        RunConfig::load(Some(file.path()), &[])
+    }
+
+    #[test]
+    fn defaults_are_valid_and_empty_file_equals_defaults() {
+        assert_eq!(load_text("").expect("empty file"), RunConfig::default());
+        assert_eq!(
+            RunConfig::load(None, &[]).expect("no file"),
+            RunConfig::default()
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_section() {
+        let err = load_text("[learner]\nlisten = \"127.0.0.1:1\"\nlr = 0.1\n").expect_err("lr");
+        let msg = err.to_string();
+        assert!(msg.contains("unknown field `lr`"), "{msg}");
+        assert!(msg.contains("learner"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let msg = load_text("[trainer]\nsteps = 3\n")
+            .expect_err("section")
+            .to_string();
+        assert!(msg.contains("unknown field `trainer`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key_path() {
+        let msg = load_text("[algorithm]\ngroup_size = \"ten\"\n")
+            .expect_err("type")
+            .to_string();
+        assert!(msg.contains("key `algorithm.group_size`"), "{msg}");
+        assert!(msg.contains("invalid type"), "{msg}");
+    }
+
+    #[test]
+    fn bad_address_names_the_key_path() {
+        let msg = load_text("[actor]\nlisten = \"nowhere\"\n")
+            .expect_err("addr")
+            .to_string();
+        assert!(msg.contains("key `actor.listen`"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let msg = load_text("[task]\nobjectives = [\"accuracy\"]\n")
+            .expect_err("K=1")
+            .to_string();
+        assert!(msg.contains("key `task.objectives`"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_gives_the_line() {
+        let msg = load_text("[run]\nname = \"a\"\nseed = = 3\n")
+            .expect_err("syntax")
+            .to_string();
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn missing_file_says_cannot_read() {
+        let msg = RunConfig::load(Some(Path::new("/nonexistent/run.toml")), &[])
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            msg.contains("/nonexistent/run.toml") && msg.contains("cannot read"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn overrides_parse_toml_values_and_bare_words() {
+        let config = RunConfig::load(
+            None,
+            &[
+                "algorithm.group_size=4".into(),
+                "run.name=demo".into(),
+                "learner.listen=0.0.0.0:7000".into(),
+                "task.objectives=[\"accuracy\", \"tool_efficiency\"]".into(),
+            ],
+        )
+        .expect("overrides");
+        assert_eq!(config.algorithm.group_size, 4);
+        assert_eq!(config.run.name, "demo");
+        assert_eq!(
+            config.learner.listen,
+            SocketAddr::from(([0, 0, 0, 0], 7000))
+        );
+        assert_eq!(config.task.objectives, ["accuracy", "tool_efficiency"]);
+    }
+
+    #[test]
+    fn overrides_are_checked_like_the_file() {
+        let msg = RunConfig::load(None, &["algorithm.group_size=many".into()])
+            .expect_err("type")
+            .to_string();
+        assert!(msg.contains("key `algorithm.group_size`"), "{msg}");
+        assert!(matches!(
+            RunConfig::load(None, &["novalue".into()]),
+            Err(ConfigError::BadOverride { .. })
+        ));
+    }
+}

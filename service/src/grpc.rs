@@ -1,0 +1,83 @@
+//! Serving a role's gRPC service next to `grpc.health.v1.Health` and server reflection (v1 and
+//! v1alpha: Python's grpcio-reflection speaks only v1alpha), with graceful shutdown.
+//!
+//! Shutdown, once the process's token is cancelled: the process goes DRAINING (health NOT_SERVING,
+//! then cleared, which ends health `Watch` streams), the server stops accepting connections and
+//! waits for calls in flight; every status stream ends on the same token. Should a call still be
+//! running after the drain timeout, the server is dropped anyway: shutdown is bounded.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
+
+use crate::Process;
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not be built from the descriptors.
+    #[error("building the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("serving gRPC on {address}: {source}")]
+    Transport {
+        /// The listen address.
+        address: std::net::SocketAddr,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Serves `routes` (the role's service) with health and reflection on `listener`, marks the
+/// process SERVING, and returns once shutdown has drained.
+pub async fn serve(
+    process: Arc<Process>,
+    listener: TcpListener,
+    routes: Routes,
+) -> Result<(), ServeError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(paretopo_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(paretopo_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let health = HealthServer::new(HealthService::from_health_reporter(
+        process.health().clone(),
+    ));
+    let routes = routes
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let address = process.listen_address();
+    let drain_signal = {
+        let process = process.clone();
+        async move {
+            process.shutdown().cancelled().await;
+            process.begin_drain().await;
+        }
+    };
+    let server = Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain_signal);
+
+    process.mark_serving().await;
+    let backstop = async {
+        process.shutdown().cancelled().await;
+        tokio::time::sleep(process.drain_timeout()).await;
+    };
+    tokio::select! {
+        result = server => result.map_err(|source| ServeError::Transport { address, source }),
+        () = backstop => {
+            tracing::warn!(timeout = ?process.drain_timeout(), "drain timeout passed with calls still in flight; stopping anyway");
+            Ok(())
+        }
+    }
+}
