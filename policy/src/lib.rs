@@ -31,6 +31,24 @@ pub enum DeviceError {
     },
 }
 
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    /// Parses `auto`, `cpu`, `cuda` (device 0) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| format!("expected `auto`, `cpu` or `cuda:N`, got {s:?}")),
+        }
+    }
+}
+
 impl DeviceChoice {
     /// Resolves the choice against the devices libtorch sees.
     pub fn resolve(self) -> Result<Device, DeviceError> {
@@ -106,6 +124,16 @@ mod tests {
         for (got, want) in w.iter().zip(expected) {
             assert!((got - want).abs() < 1e-6, "{w:?} vs {expected:?}");
         }
+    }
+
+    #[test]
+    fn device_choices_parse() {
+        assert_eq!("auto".parse(), Ok(DeviceChoice::Auto));
+        assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
+        assert!("gpu".parse::<DeviceChoice>().is_err());
+        assert!("cuda:x".parse::<DeviceChoice>().is_err());
     }
 
     #[test]

@@ -231,10 +231,13 @@ impl RunConfig {
         let config: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let key = e.path().to_string();
+                // `message()`, not Display: Display appends "in `key`" on a second line, and
+                // our own key prefix already says that.
+                let message = e.into_inner().message().to_owned();
                 ConfigError::Key {
                     origin: origin.clone(),
                     key,
-                    message: e.into_inner().to_string(),
+                    message,
                 }
             })?;
         config
@@ -263,6 +266,15 @@ impl RunConfig {
         if self.run.name.is_empty() {
             return fail("run.name", "must not be empty".into());
         }
+        if !valid_device(&self.model.device) {
+            return fail(
+                "model.device",
+                format!(
+                    "expected `auto`, `cpu` or `cuda:N`, got {:?}",
+                    self.model.device
+                ),
+            );
+        }
         if self.task.objectives.len() < 2 {
             return fail(
                 "task.objectives",
@@ -282,6 +294,14 @@ impl RunConfig {
             return fail("algorithm.total_steps", "must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+/// `auto`, `cpu`, `cuda` or `cuda:N`.
+fn valid_device(device: &str) -> bool {
+    match device.strip_prefix("cuda:") {
+        Some(index) => index.parse::<usize>().is_ok(),
+        None => matches!(device, "auto" | "cpu" | "cuda"),
     }
 }
 
@@ -353,8 +373,11 @@ mod tests {
     fn unknown_key_is_named_with_its_section() {
         let err = load_text("[learner]\nlisten = \"127.0.0.1:1\"\nlr = 0.1\n").expect_err("lr");
         let msg = err.to_string();
-        assert!(msg.contains("unknown field `lr`"), "{msg}");
-        assert!(msg.contains("learner"), "{msg}");
+        assert!(
+            msg.contains("key `learner.lr`: unknown field `lr`"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "one line: {msg}");
     }
 
     #[test]
@@ -388,6 +411,19 @@ mod tests {
             .expect_err("K=1")
             .to_string();
         assert!(msg.contains("key `task.objectives`"), "{msg}");
+    }
+
+    #[test]
+    fn device_must_be_auto_cpu_or_cuda() {
+        for good in ["auto", "cpu", "cuda", "cuda:1"] {
+            let set = format!("model.device={good}");
+            assert!(RunConfig::load(None, &[set]).is_ok(), "{good}");
+        }
+        for bad in ["gpu", "cuda:", "cuda:x", ""] {
+            let set = format!("model.device=\"{bad}\"");
+            let msg = RunConfig::load(None, &[set]).expect_err(bad).to_string();
+            assert!(msg.contains("key `model.device`"), "{msg}");
+        }
     }
 
     #[test]

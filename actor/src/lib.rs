@@ -1,0 +1,75 @@
+//! The paretopo actor: runs the multi-turn, tool-using agent loop with the current policy and
+//! streams trajectory groups to a learner. Its own gRPC service (`paretopo.v1.Actor`) only reports
+//! status; the actor is a client of the learner, the tool-servers and the coordinator.
+//!
+//! Today it resolves its compute device and serves status, health, reflection and metrics; the
+//! agent loop arrives with issue #6.
+
+use std::sync::Arc;
+
+use paretopo_proto::v1::actor_server::{Actor, ActorServer};
+use paretopo_proto::v1::{ActorStatus, GetStatusRequest, WatchStatusRequest};
+use paretopo_service::cli::Launch;
+use paretopo_service::{Process, status};
+use policy::DeviceChoice;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+
+/// The `Actor` gRPC service.
+#[derive(Debug, Clone)]
+pub struct ActorService {
+    process: Arc<Process>,
+    device: String,
+}
+
+impl ActorService {
+    fn snapshot(process: &Process, device: &str) -> ActorStatus {
+        ActorStatus {
+            process: Some(process.info()),
+            device: device.to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Actor for ActorService {
+    async fn get_status(
+        &self,
+        _: Request<GetStatusRequest>,
+    ) -> Result<Response<ActorStatus>, Status> {
+        Ok(Response::new(Self::snapshot(&self.process, &self.device)))
+    }
+
+    type WatchStatusStream = status::StatusStream<ActorStatus>;
+
+    async fn watch_status(
+        &self,
+        request: Request<WatchStatusRequest>,
+    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        let every = status::interval(request.get_ref())?;
+        let (process, device) = (self.process.clone(), self.device.clone());
+        Ok(Response::new(status::watch(
+            &self.process,
+            every,
+            move || Self::snapshot(&process, &device),
+        )))
+    }
+}
+
+/// Serves the actor until shutdown.
+pub async fn run(launch: Launch) -> anyhow::Result<()> {
+    let choice: DeviceChoice = launch
+        .config
+        .model
+        .device
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let device = choice.resolve()?;
+    tracing::info!(device = %policy::device_name(device), "compute device");
+    let service = ActorService {
+        process: launch.process.clone(),
+        device: policy::device_name(device),
+    };
+    launch.serve(Routes::new(ActorServer::new(service))).await
+}

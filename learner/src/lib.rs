@@ -1,0 +1,103 @@
+//! The paretopo learner: takes trajectory groups from actors, computes advantages, updates the
+//! policy, all-reduces gradients across ranks, and publishes weights (`paretopo.v1.Learner`).
+//!
+//! Today it resolves its compute device and serves status, health, reflection and metrics;
+//! trajectory intake, training and publication arrive with issue #6.
+
+use std::sync::Arc;
+
+use paretopo_proto::v1::learner_server::{Learner, LearnerServer};
+use paretopo_proto::v1::{
+    GetStatusRequest, LearnerStatus, PushAck, TrajectoryGroup, WatchPolicyRequest,
+    WatchStatusRequest, WeightChunk,
+};
+use paretopo_service::cli::Launch;
+use paretopo_service::{Process, status};
+use policy::DeviceChoice;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The `Learner` gRPC service.
+#[derive(Debug, Clone)]
+pub struct LearnerService {
+    process: Arc<Process>,
+    device: String,
+}
+
+impl LearnerService {
+    fn snapshot(process: &Process, device: &str) -> LearnerStatus {
+        LearnerStatus {
+            process: Some(process.info()),
+            device: device.to_owned(),
+            collective: "none".to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
+type AckStream = status::StatusStream<PushAck>;
+type ChunkStream = status::StatusStream<WeightChunk>;
+
+#[tonic::async_trait]
+impl Learner for LearnerService {
+    type PushTrajectoriesStream = AckStream;
+
+    async fn push_trajectories(
+        &self,
+        _: Request<Streaming<TrajectoryGroup>>,
+    ) -> Result<Response<AckStream>, Status> {
+        Err(Status::unimplemented(
+            "Learner.PushTrajectories: training arrives with issue #6",
+        ))
+    }
+
+    type WatchPolicyStream = ChunkStream;
+
+    async fn watch_policy(
+        &self,
+        _: Request<WatchPolicyRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        Err(Status::unimplemented(
+            "Learner.WatchPolicy: weight publication arrives with issue #6",
+        ))
+    }
+
+    async fn get_status(
+        &self,
+        _: Request<GetStatusRequest>,
+    ) -> Result<Response<LearnerStatus>, Status> {
+        Ok(Response::new(Self::snapshot(&self.process, &self.device)))
+    }
+
+    type WatchStatusStream = status::StatusStream<LearnerStatus>;
+
+    async fn watch_status(
+        &self,
+        request: Request<WatchStatusRequest>,
+    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        let every = status::interval(request.get_ref())?;
+        let (process, device) = (self.process.clone(), self.device.clone());
+        Ok(Response::new(status::watch(
+            &self.process,
+            every,
+            move || Self::snapshot(&process, &device),
+        )))
+    }
+}
+
+/// Serves the learner until shutdown.
+pub async fn run(launch: Launch) -> anyhow::Result<()> {
+    let choice: DeviceChoice = launch
+        .config
+        .model
+        .device
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let device = choice.resolve()?;
+    tracing::info!(device = %policy::device_name(device), "compute device");
+    let service = LearnerService {
+        process: launch.process.clone(),
+        device: policy::device_name(device),
+    };
+    launch.serve(Routes::new(LearnerServer::new(service))).await
+}
