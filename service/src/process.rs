@@ -93,6 +93,11 @@ impl Process {
         self.role
     }
 
+    /// The fully qualified name of the role's gRPC service.
+    pub fn service_name(&self) -> &'static str {
+        self.service_name
+    }
+
     /// The bound gRPC address.
     pub fn listen_address(&self) -> SocketAddr {
         self.listen_address

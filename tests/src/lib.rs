@@ -1,0 +1,202 @@
+//! Helpers for the end-to-end tests in `tests/`: find the built binaries, start one as a real
+//! process on loopback, wait until it is healthy, stop it with a signal, and run the black-box
+//! Python client. The tests themselves live in `tests/tests/`.
+//!
+//! The binaries are found in the target directory next to the test executable (the
+//! `CARGO_BIN_EXE_*` variables exist only inside the defining package), so build them first:
+//! `make test` runs `cargo build --bins` before `cargo test`.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The four server binaries.
+pub const BINARIES: [&str; 4] = ["coordinator", "learner", "actor", "tool-server"];
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The path of a built binary; panics with a hint when it has not been built.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// The project venv's Python, which has the gRPC client packages (`make setup`).
+pub fn venv_python() -> PathBuf {
+    let python = workspace_root().join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} missing: run `make setup`",
+        python.display()
+    );
+    python
+}
+
+/// An address on 127.0.0.1 whose port was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind port 0");
+    listener.local_addr().expect("local addr")
+}
+
+/// One running server process; killed on drop if still running.
+pub struct Server {
+    /// The binary's name.
+    pub name: &'static str,
+    /// The process.
+    pub child: Child,
+    /// Its gRPC address.
+    pub grpc: SocketAddr,
+    /// Its metrics address.
+    pub metrics: SocketAddr,
+}
+
+impl Server {
+    /// Starts `name` on fresh loopback ports with `extra` arguments, stderr captured.
+    pub fn start(name: &'static str, extra: &[&str]) -> Server {
+        let (grpc, metrics) = (free_addr(), free_addr());
+        let child = Command::new(binary(name))
+            .args([
+                "--listen",
+                &grpc.to_string(),
+                "--metrics-listen",
+                &metrics.to_string(),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Server {
+            name,
+            child,
+            grpc,
+            metrics,
+        }
+    }
+
+    /// Waits until health reports SERVING for the whole server; panics after `timeout`.
+    pub async fn wait_serving(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let endpoint = format!("http://{}", self.grpc);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited with {status} before serving", self.name);
+            }
+            if let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.clone())
+                .expect("endpoint")
+                .connect()
+                .await
+            {
+                let check = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if check.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not SERVING within {timeout:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A connected channel to the gRPC port.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .expect("endpoint")
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.name))
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
+    }
+
+    /// Waits for the process to exit, at most `timeout`; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
+        let begun = Instant::now();
+        while begun.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some((status, begun.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Everything the process wrote to stderr; call after it exited.
+    pub fn stderr(&mut self) -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = err.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a binary to completion with `args` (for flag and config errors).
+pub fn run_to_end(name: &str, args: &[&str]) -> Output {
+    Command::new(binary(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"))
+}
+
+/// Fetches `http://addr/metrics` and returns the content type and body.
+pub fn fetch_metrics(addr: SocketAddr) -> (String, String) {
+    let mut response = ureq::get(&format!("http://{addr}/metrics"))
+        .call()
+        .expect("GET /metrics");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.body_mut().read_to_string().expect("metrics body");
+    (content_type, body)
+}
