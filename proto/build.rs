@@ -21,10 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let descriptors = protox::compile(&files, ["."])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("paretopo_descriptor.bin"),
-        descriptors.encode_to_vec(),
-    )?;
+    std::fs::write(out_dir.join("paretopo_descriptor.bin"), descriptors.encode_to_vec())?;
 
     tonic_prost_build::configure()
         // Decode errors become INVALID_ARGUMENT instead of tonic's INTERNAL (see `codec.rs`).

@@ -15,7 +15,13 @@ python=${PYTHON:-python3}
 
 if [ ! -x "$venv/bin/python" ]; then
     echo "setup-venv: creating $venv" >&2
-    "$python" -m venv "$venv"
+    if ! "$python" -m venv "$venv" 2>/dev/null; then
+        # Debian splits ensurepip into python3-venv; without it, make the venv bare and put pip
+        # into it once with the interpreter's pip. From then on only the venv's own pip is used.
+        rm -rf "$venv"
+        "$python" -m venv --without-pip "$venv"
+        "$python" -m pip --python "$venv/bin/python" install --quiet pip
+    fi
 fi
 
 pip() { "$venv/bin/python" -m pip --disable-pip-version-check "$@"; }

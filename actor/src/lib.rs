@@ -49,27 +49,18 @@ impl Actor for ActorService {
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let every = status::interval(request.get_ref())?;
         let (process, device) = (self.process.clone(), self.device.clone());
-        Ok(Response::new(status::watch(
-            &self.process,
-            every,
-            move || Self::snapshot(&process, &device),
-        )))
+        Ok(Response::new(status::watch(&self.process, every, move || {
+            Self::snapshot(&process, &device)
+        })))
     }
 }
 
 /// Serves the actor until shutdown.
 pub async fn run(launch: Launch) -> anyhow::Result<()> {
-    let choice: DeviceChoice = launch
-        .config
-        .model
-        .device
-        .parse()
-        .map_err(anyhow::Error::msg)?;
+    let choice: DeviceChoice = launch.config.model.device.parse().map_err(anyhow::Error::msg)?;
     let device = choice.resolve()?;
     tracing::info!(device = %policy::device_name(device), "compute device");
-    let service = ActorService {
-        process: launch.process.clone(),
-        device: policy::device_name(device),
-    };
+    let service =
+        ActorService { process: launch.process.clone(), device: policy::device_name(device) };
     launch.serve(Routes::new(ActorServer::new(service))).await
 }

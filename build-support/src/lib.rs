@@ -56,13 +56,7 @@ mod tests {
     fn cuda_libtorch_is_kept_linked() {
         let args = link_args(Path::new("/opt/torch/lib"), true);
         assert_eq!(args.len(), 3);
-        assert!(
-            args.iter()
-                .any(|a| a.contains("--no-as-needed,-ltorch_cuda,--as-needed"))
-        );
-        assert!(
-            args.iter()
-                .any(|a| a == "cargo:rustc-link-search=native=/opt/torch/lib")
-        );
+        assert!(args.iter().any(|a| a.contains("--no-as-needed,-ltorch_cuda,--as-needed")));
+        assert!(args.iter().any(|a| a == "cargo:rustc-link-search=native=/opt/torch/lib"));
     }
 }

@@ -88,24 +88,14 @@ async fn start_and_check(plan: &LaunchPlan, started: &mut Vec<Started>) -> anyho
         for set in &plan.overrides {
             command.arg("--set").arg(set);
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {role}"))?;
+        let child = command.spawn().with_context(|| format!("starting {role}"))?;
         tracing::info!(role, %grpc, %metrics, pid = child.id(), "started");
-        started.push(Started {
-            role,
-            child,
-            grpc,
-            metrics,
-        });
+        started.push(Started { role, child, grpc, metrics });
     }
     for process in started.iter_mut() {
         wait_serving(process, plan.startup_timeout).await?;
     }
-    println!(
-        "{:<12} {:>7}  {:<21} {:<21} {:<8} uptime",
-        "role", "pid", "grpc", "metrics", "state"
-    );
+    println!("{:<12} {:>7}  {:<21} {:<21} {:<8} uptime", "role", "pid", "grpc", "metrics", "state");
     for process in started.iter() {
         let info = status_of(process).await?;
         println!(
@@ -114,9 +104,8 @@ async fn start_and_check(plan: &LaunchPlan, started: &mut Vec<Started>) -> anyho
             info.pid,
             info.listen_address,
             info.metrics_address,
-            ProcessState::try_from(info.state).map_or("?", |s| s
-                .as_str_name()
-                .trim_start_matches("PROCESS_STATE_")),
+            ProcessState::try_from(info.state)
+                .map_or("?", |s| s.as_str_name().trim_start_matches("PROCESS_STATE_")),
             info.uptime_seconds,
         );
         if info.listen_address != process.grpc.to_string()
@@ -144,16 +133,11 @@ async fn wait_serving(process: &mut Started, timeout: Duration) -> anyhow::Resul
     let endpoint = format!("http://{}", process.grpc);
     loop {
         if let Some(status) = process.child.try_wait()? {
-            bail!(
-                "{} exited with {status} before it was serving",
-                process.role
-            );
+            bail!("{} exited with {status} before it was serving", process.role);
         }
         if let Ok(channel) = Channel::from_shared(endpoint.clone())?.connect().await {
             let reply = HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
+                .check(HealthCheckRequest { service: String::new() })
                 .await;
             if reply.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
                 return Ok(());
@@ -167,39 +151,17 @@ async fn wait_serving(process: &mut Started, timeout: Duration) -> anyhow::Resul
 }
 
 async fn status_of(process: &Started) -> anyhow::Result<ProcessInfo> {
-    let channel = Channel::from_shared(format!("http://{}", process.grpc))?
-        .connect()
-        .await?;
+    let channel = Channel::from_shared(format!("http://{}", process.grpc))?.connect().await?;
     let request = || GetStatusRequest {};
     let info = match process.role {
         "coordinator" => {
-            CoordinatorClient::new(channel)
-                .get_status(request())
-                .await?
-                .into_inner()
-                .process
+            CoordinatorClient::new(channel).get_status(request()).await?.into_inner().process
         }
         "tool-server" => {
-            ToolServerClient::new(channel)
-                .get_status(request())
-                .await?
-                .into_inner()
-                .process
+            ToolServerClient::new(channel).get_status(request()).await?.into_inner().process
         }
-        "learner" => {
-            LearnerClient::new(channel)
-                .get_status(request())
-                .await?
-                .into_inner()
-                .process
-        }
-        _ => {
-            ActorClient::new(channel)
-                .get_status(request())
-                .await?
-                .into_inner()
-                .process
-        }
+        "learner" => LearnerClient::new(channel).get_status(request()).await?.into_inner().process,
+        _ => ActorClient::new(channel).get_status(request()).await?.into_inner().process,
     };
     info.with_context(|| format!("{} sent a status without process facts", process.role))
 }
@@ -245,24 +207,15 @@ async fn stop_all(started: &mut [Started]) -> anyhow::Result<()> {
             Ok(Err(e)) => failures.push(format!("{}: waiting for exit: {e}", process.role)),
             Err(_) => {
                 let _ = process.child.kill().await;
-                failures.push(format!(
-                    "{} did not exit within 5 s of SIGTERM",
-                    process.role
-                ));
+                failures.push(format!("{} did not exit within 5 s of SIGTERM", process.role));
             }
         }
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        bail!(failures.join("; "))
-    }
+    if failures.is_empty() { Ok(()) } else { bail!(failures.join("; ")) }
 }
 
 /// The directory holding the running binary, where its sibling binaries are built.
 pub fn sibling_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the coordinator binary")?;
-    exe.parent()
-        .map(Path::to_path_buf)
-        .context("the coordinator binary has no parent directory")
+    exe.parent().map(Path::to_path_buf).context("the coordinator binary has no parent directory")
 }

@@ -44,11 +44,7 @@ impl CoordinatorService {
             archive_size: 0,
             sequence: 0,
         };
-        Self {
-            process,
-            nodes_expected: config.cluster.nodes,
-            initial_weights,
-        }
+        Self { process, nodes_expected: config.cluster.nodes, initial_weights }
     }
 
     fn snapshot(&self) -> CoordinatorStatus {
@@ -78,9 +74,7 @@ fn check_register(request: &RegisterRequest) -> Result<(), Status> {
         }
     }
     if request.advertised_address.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "advertised_address: must be host:port",
-        ));
+        return Err(Status::invalid_argument("advertised_address: must be host:port"));
     }
     Ok(())
 }
@@ -94,27 +88,21 @@ impl Coordinator for CoordinatorService {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         check_register(request.get_ref())?;
-        Err(Status::unimplemented(
-            "Coordinator.Register: rendezvous arrives with issue #6",
-        ))
+        Err(Status::unimplemented("Coordinator.Register: rendezvous arrives with issue #6"))
     }
 
     async fn heartbeat(
         &self,
         _: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        Err(Status::unimplemented(
-            "Coordinator.Heartbeat: membership arrives with issue #6",
-        ))
+        Err(Status::unimplemented("Coordinator.Heartbeat: membership arrives with issue #6"))
     }
 
     async fn get_rendezvous(
         &self,
         _: Request<GetRendezvousRequest>,
     ) -> Result<Response<Rendezvous>, Status> {
-        Err(Status::unimplemented(
-            "Coordinator.GetRendezvous: rendezvous arrives with issue #6",
-        ))
+        Err(Status::unimplemented("Coordinator.GetRendezvous: rendezvous arrives with issue #6"))
     }
 
     async fn report_objectives(
@@ -152,20 +140,14 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let every = status::interval(request.get_ref())?;
         let this = self.clone();
-        Ok(Response::new(status::watch(
-            &self.process,
-            every,
-            move || this.snapshot(),
-        )))
+        Ok(Response::new(status::watch(&self.process, every, move || this.snapshot())))
     }
 }
 
 /// Serves the coordinator until shutdown.
 pub async fn run(launch: Launch) -> anyhow::Result<()> {
     let service = CoordinatorService::new(launch.process.clone(), &launch.config);
-    launch
-        .serve(Routes::new(CoordinatorServer::new(service)))
-        .await
+    launch.serve(Routes::new(CoordinatorServer::new(service))).await
 }
 
 #[cfg(test)]
@@ -181,32 +163,11 @@ mod tests {
         };
         assert!(check_register(&ok).is_ok());
         for (bad, field) in [
+            (RegisterRequest { role: 0, ..ok.clone() }, "role:"),
+            (RegisterRequest { role: 99, ..ok.clone() }, "role:"),
+            (RegisterRequest { role: ProtoRole::Coordinator as i32, ..ok.clone() }, "role:"),
             (
-                RegisterRequest {
-                    role: 0,
-                    ..ok.clone()
-                },
-                "role:",
-            ),
-            (
-                RegisterRequest {
-                    role: 99,
-                    ..ok.clone()
-                },
-                "role:",
-            ),
-            (
-                RegisterRequest {
-                    role: ProtoRole::Coordinator as i32,
-                    ..ok.clone()
-                },
-                "role:",
-            ),
-            (
-                RegisterRequest {
-                    advertised_address: String::new(),
-                    ..ok.clone()
-                },
+                RegisterRequest { advertised_address: String::new(), ..ok.clone() },
                 "advertised_address:",
             ),
         ] {

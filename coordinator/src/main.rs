@@ -56,12 +56,9 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        None => run_main(
-            Role::Coordinator,
-            service_names::COORDINATOR,
-            cli.common,
-            coordinator::run,
-        ),
+        None => {
+            run_main(Role::Coordinator, service_names::COORDINATOR, cli.common, coordinator::run)
+        }
         Some(Command::Run(args)) => local_run(args),
     }
 }

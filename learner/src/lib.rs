@@ -46,9 +46,7 @@ impl Learner for LearnerService {
         &self,
         _: Request<Streaming<TrajectoryGroup>>,
     ) -> Result<Response<AckStream>, Status> {
-        Err(Status::unimplemented(
-            "Learner.PushTrajectories: training arrives with issue #6",
-        ))
+        Err(Status::unimplemented("Learner.PushTrajectories: training arrives with issue #6"))
     }
 
     type WatchPolicyStream = ChunkStream;
@@ -57,9 +55,7 @@ impl Learner for LearnerService {
         &self,
         _: Request<WatchPolicyRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        Err(Status::unimplemented(
-            "Learner.WatchPolicy: weight publication arrives with issue #6",
-        ))
+        Err(Status::unimplemented("Learner.WatchPolicy: weight publication arrives with issue #6"))
     }
 
     async fn get_status(
@@ -77,27 +73,18 @@ impl Learner for LearnerService {
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let every = status::interval(request.get_ref())?;
         let (process, device) = (self.process.clone(), self.device.clone());
-        Ok(Response::new(status::watch(
-            &self.process,
-            every,
-            move || Self::snapshot(&process, &device),
-        )))
+        Ok(Response::new(status::watch(&self.process, every, move || {
+            Self::snapshot(&process, &device)
+        })))
     }
 }
 
 /// Serves the learner until shutdown.
 pub async fn run(launch: Launch) -> anyhow::Result<()> {
-    let choice: DeviceChoice = launch
-        .config
-        .model
-        .device
-        .parse()
-        .map_err(anyhow::Error::msg)?;
+    let choice: DeviceChoice = launch.config.model.device.parse().map_err(anyhow::Error::msg)?;
     let device = choice.resolve()?;
     tracing::info!(device = %policy::device_name(device), "compute device");
-    let service = LearnerService {
-        process: launch.process.clone(),
-        device: policy::device_name(device),
-    };
+    let service =
+        LearnerService { process: launch.process.clone(), device: policy::device_name(device) };
     launch.serve(Routes::new(LearnerServer::new(service))).await
 }

@@ -21,10 +21,5 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    run_main(
-        Role::Learner,
-        service_names::LEARNER,
-        cli.common,
-        learner::run,
-    )
+    run_main(Role::Learner, service_names::LEARNER, cli.common, learner::run)
 }

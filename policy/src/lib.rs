@@ -86,24 +86,15 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let mut layer = nn::linear(vs.root() / "layer", 3, 2, Default::default());
         tch::no_grad(|| {
-            layer
-                .ws
-                .copy_(&Tensor::from_slice(&[1.0f32, 2.0, 3.0, -1.0, 0.5, 0.0]).view([2, 3]));
-            layer
-                .bs
-                .as_mut()
-                .expect("bias")
-                .copy_(&Tensor::from_slice(&[0.5f32, -0.5]));
+            layer.ws.copy_(&Tensor::from_slice(&[1.0f32, 2.0, 3.0, -1.0, 0.5, 0.0]).view([2, 3]));
+            layer.bs.as_mut().expect("bias").copy_(&Tensor::from_slice(&[0.5f32, -0.5]));
         });
         let x = Tensor::from_slice(&[1.0f32, -2.0, 0.5]).view([1, 3]);
         let target = Tensor::from_slice(&[1.0f32, 1.0]).view([1, 2]);
 
         let y = layer.forward(&x);
         // y = [1 - 4 + 1.5 + 0.5, -1 - 1 + 0 - 0.5] = [-1.0, -2.5]
-        assert_eq!(
-            Vec::<f32>::try_from(y.view([-1])).expect("f32"),
-            vec![-1.0, -2.5]
-        );
+        assert_eq!(Vec::<f32>::try_from(y.view([-1])).expect("f32"), vec![-1.0, -2.5]);
 
         // loss = sum (y - t)^2 = 4 + 12.25; dL/dy = 2 (y - t) = [-4, -7]
         let loss = (&y - &target).square().sum(Kind::Float);
@@ -140,9 +131,7 @@ mod tests {
     fn cpu_choice_resolves_to_cpu_and_missing_cuda_is_an_error() {
         assert_eq!(DeviceChoice::Cpu.resolve().expect("cpu"), Device::Cpu);
         let count = tch::Cuda::device_count() as usize;
-        let err = DeviceChoice::Cuda(count)
-            .resolve()
-            .expect_err("index past the last device");
+        let err = DeviceChoice::Cuda(count).resolve().expect_err("index past the last device");
         assert!(err.to_string().contains(&format!("cuda:{count}")), "{err}");
     }
 }

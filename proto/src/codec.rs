@@ -17,9 +17,7 @@ pub struct StrictCodec<T, U> {
 
 impl<T, U> Default for StrictCodec<T, U> {
     fn default() -> Self {
-        Self {
-            inner: ProstCodec::default(),
-        }
+        Self { inner: ProstCodec::default() }
     }
 }
 
@@ -38,9 +36,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        StrictDecoder {
-            inner: self.inner.decoder(),
-        }
+        StrictDecoder { inner: self.inner.decoder() }
     }
 }
 

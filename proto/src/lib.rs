@@ -55,10 +55,7 @@ mod tests {
             service_names::TOOL_SERVER,
             service_names::ACTOR,
         ] {
-            assert!(
-                set.contains(&name.to_string()),
-                "{name} missing from {set:?}"
-            );
+            assert!(set.contains(&name.to_string()), "{name} missing from {set:?}");
         }
     }
 
@@ -76,9 +73,7 @@ mod tests {
                 token_ids: vec![1, 2, 3, 4, 5, 6],
                 loss_mask: vec![0, 0, 0, 0, 0, 1],
                 sampling_logprobs: vec![0.0, 0.0, 0.0, 0.0, 0.0, -0.25],
-                objectives: Some(v1::ObjectiveVector {
-                    values: vec![1.0, 0.5, 0.75],
-                }),
+                objectives: Some(v1::ObjectiveVector { values: vec![1.0, 0.5, 0.75] }),
                 metrics: Some(v1::RawMetrics {
                     accuracy: 1.0,
                     tool_calls: 1,
@@ -123,11 +118,7 @@ mod tests {
             let set = Set::decode(bytes).expect("descriptor set decodes");
             set.file
                 .iter()
-                .flat_map(|f| {
-                    f.service
-                        .iter()
-                        .map(move |s| format!("{}.{}", f.package, s.name))
-                })
+                .flat_map(|f| f.service.iter().map(move |s| format!("{}.{}", f.package, s.name)))
                 .collect()
         }
     }

@@ -96,11 +96,7 @@ impl Launch {
     pub async fn serve(self, routes: Routes) -> anyhow::Result<()> {
         let shutdown = self.process.shutdown().clone();
         let metrics_task = self.metrics_listener.map(|listener| {
-            tokio::spawn(metrics::serve(
-                listener,
-                Arc::new(self.metrics),
-                shutdown.clone(),
-            ))
+            tokio::spawn(metrics::serve(listener, Arc::new(self.metrics), shutdown.clone()))
         });
         let served = grpc::serve(self.process.clone(), self.grpc_listener, routes).await;
         // Whatever ended the gRPC server ends the process: make sure everything else stops too.
@@ -139,10 +135,7 @@ where
         }
     };
     logging::init(args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("{role}: error: starting the async runtime: {e}");
@@ -199,10 +192,7 @@ async fn launch(
         run_name: config.run.name.clone(),
         service_name,
         listen_address: grpc_listener.local_addr()?,
-        metrics_address: metrics_listener
-            .as_ref()
-            .map(TcpListener::local_addr)
-            .transpose()?,
+        metrics_address: metrics_listener.as_ref().map(TcpListener::local_addr).transpose()?,
         advertised_address: section.advertised_address.clone(),
         drain_timeout: Duration::from_millis(section.drain_timeout_ms),
     };
@@ -215,13 +205,7 @@ async fn launch(
         run = %config.run.name,
         "starting"
     );
-    Ok(Launch {
-        config,
-        process,
-        metrics,
-        grpc_listener,
-        metrics_listener,
-    })
+    Ok(Launch { config, process, metrics, grpc_listener, metrics_listener })
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -88,11 +88,7 @@ pub struct RunSection {
 
 impl Default for RunSection {
     fn default() -> Self {
-        Self {
-            name: "quickstart".into(),
-            dir: PathBuf::from("runs/quickstart"),
-            seed: 0,
-        }
+        Self { name: "quickstart".into(), dir: PathBuf::from("runs/quickstart"), seed: 0 }
     }
 }
 
@@ -108,10 +104,7 @@ pub struct ClusterSection {
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        Self {
-            coordinator_address: "127.0.0.1:50051".into(),
-            nodes: 3,
-        }
+        Self { coordinator_address: "127.0.0.1:50051".into(), nodes: 3 }
     }
 }
 
@@ -127,10 +120,7 @@ pub struct ModelSection {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self {
-            name: "tiny".into(),
-            device: "auto".into(),
-        }
+        Self { name: "tiny".into(), device: "auto".into() }
     }
 }
 
@@ -171,11 +161,7 @@ pub struct AlgorithmSection {
 
 impl Default for AlgorithmSection {
     fn default() -> Self {
-        Self {
-            method: "paretopo".into(),
-            group_size: 8,
-            total_steps: 200,
-        }
+        Self { method: "paretopo".into(), group_size: 8, total_steps: 200 }
     }
 }
 
@@ -211,16 +197,12 @@ impl RunConfig {
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
         let (origin, mut table) = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let table = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
                     path: path.to_owned(),
-                    source,
+                    message: e.message().to_owned() + &line_of(&text, e.span()),
                 })?;
-                let table = text
-                    .parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Syntax {
-                        path: path.to_owned(),
-                        message: e.message().to_owned() + &line_of(&text, e.span()),
-                    })?;
                 (format!("config file {}", path.display()), table)
             }
             None => ("config".to_owned(), toml::Table::new()),
@@ -234,19 +216,9 @@ impl RunConfig {
                 // `message()`, not Display: Display appends "in `key`" on a second line, and
                 // our own key prefix already says that.
                 let message = e.into_inner().message().to_owned();
-                ConfigError::Key {
-                    origin: origin.clone(),
-                    key,
-                    message,
-                }
+                ConfigError::Key { origin: origin.clone(), key, message }
             })?;
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Key {
-                origin,
-                key,
-                message,
-            })?;
+        config.validate().map_err(|(key, message)| ConfigError::Key { origin, key, message })?;
         Ok(config)
     }
 
@@ -269,19 +241,13 @@ impl RunConfig {
         if !valid_device(&self.model.device) {
             return fail(
                 "model.device",
-                format!(
-                    "expected `auto`, `cpu` or `cuda:N`, got {:?}",
-                    self.model.device
-                ),
+                format!("expected `auto`, `cpu` or `cuda:N`, got {:?}", self.model.device),
             );
         }
         if self.task.objectives.len() < 2 {
             return fail(
                 "task.objectives",
-                format!(
-                    "needs at least 2 objectives, got {}",
-                    self.task.objectives.len()
-                ),
+                format!("needs at least 2 objectives, got {}", self.task.objectives.len()),
             );
         }
         if self.algorithm.group_size < 2 {
@@ -307,9 +273,7 @@ fn valid_device(device: &str) -> bool {
 
 /// Applies one `--set a.b=value` to the raw table, creating sections as needed.
 fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
-    let bad = || ConfigError::BadOverride {
-        arg: arg.to_owned(),
-    };
+    let bad = || ConfigError::BadOverride { arg: arg.to_owned() };
     let (key, raw) = arg.split_once('=').ok_or_else(bad)?;
     let parts: Vec<&str> = key.trim().split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
@@ -324,9 +288,7 @@ fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError>
     let (last, sections) = parts.split_last().ok_or_else(bad)?;
     let mut current = table;
     for section in sections {
-        let entry = current
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Table::new().into());
+        let entry = current.entry(section.to_string()).or_insert_with(|| toml::Table::new().into());
         current = entry.as_table_mut().ok_or_else(|| ConfigError::Key {
             origin: "--set".into(),
             key: key.to_owned(),
@@ -363,53 +325,39 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_empty_file_equals_defaults() {
         assert_eq!(load_text("").expect("empty file"), RunConfig::default());
-        assert_eq!(
-            RunConfig::load(None, &[]).expect("no file"),
-            RunConfig::default()
-        );
+        assert_eq!(RunConfig::load(None, &[]).expect("no file"), RunConfig::default());
     }
 
     #[test]
     fn unknown_key_is_named_with_its_section() {
         let err = load_text("[learner]\nlisten = \"127.0.0.1:1\"\nlr = 0.1\n").expect_err("lr");
         let msg = err.to_string();
-        assert!(
-            msg.contains("key `learner.lr`: unknown field `lr`"),
-            "{msg}"
-        );
+        assert!(msg.contains("key `learner.lr`: unknown field `lr`"), "{msg}");
         assert!(!msg.contains('\n'), "one line: {msg}");
     }
 
     #[test]
     fn unknown_section_is_an_error() {
-        let msg = load_text("[trainer]\nsteps = 3\n")
-            .expect_err("section")
-            .to_string();
+        let msg = load_text("[trainer]\nsteps = 3\n").expect_err("section").to_string();
         assert!(msg.contains("unknown field `trainer`"), "{msg}");
     }
 
     #[test]
     fn wrong_type_names_the_key_path() {
-        let msg = load_text("[algorithm]\ngroup_size = \"ten\"\n")
-            .expect_err("type")
-            .to_string();
+        let msg = load_text("[algorithm]\ngroup_size = \"ten\"\n").expect_err("type").to_string();
         assert!(msg.contains("key `algorithm.group_size`"), "{msg}");
         assert!(msg.contains("invalid type"), "{msg}");
     }
 
     #[test]
     fn bad_address_names_the_key_path() {
-        let msg = load_text("[actor]\nlisten = \"nowhere\"\n")
-            .expect_err("addr")
-            .to_string();
+        let msg = load_text("[actor]\nlisten = \"nowhere\"\n").expect_err("addr").to_string();
         assert!(msg.contains("key `actor.listen`"), "{msg}");
     }
 
     #[test]
     fn invalid_values_name_the_key() {
-        let msg = load_text("[task]\nobjectives = [\"accuracy\"]\n")
-            .expect_err("K=1")
-            .to_string();
+        let msg = load_text("[task]\nobjectives = [\"accuracy\"]\n").expect_err("K=1").to_string();
         assert!(msg.contains("key `task.objectives`"), "{msg}");
     }
 
@@ -428,9 +376,7 @@ mod tests {
 
     #[test]
     fn syntax_error_gives_the_line() {
-        let msg = load_text("[run]\nname = \"a\"\nseed = = 3\n")
-            .expect_err("syntax")
-            .to_string();
+        let msg = load_text("[run]\nname = \"a\"\nseed = = 3\n").expect_err("syntax").to_string();
         assert!(msg.contains("line 3"), "{msg}");
     }
 
@@ -439,10 +385,7 @@ mod tests {
         let msg = RunConfig::load(Some(Path::new("/nonexistent/run.toml")), &[])
             .expect_err("missing")
             .to_string();
-        assert!(
-            msg.contains("/nonexistent/run.toml") && msg.contains("cannot read"),
-            "{msg}"
-        );
+        assert!(msg.contains("/nonexistent/run.toml") && msg.contains("cannot read"), "{msg}");
     }
 
     #[test]
@@ -459,10 +402,7 @@ mod tests {
         .expect("overrides");
         assert_eq!(config.algorithm.group_size, 4);
         assert_eq!(config.run.name, "demo");
-        assert_eq!(
-            config.learner.listen,
-            SocketAddr::from(([0, 0, 0, 0], 7000))
-        );
+        assert_eq!(config.learner.listen, SocketAddr::from(([0, 0, 0, 0], 7000)));
         assert_eq!(config.task.objectives, ["accuracy", "tool_efficiency"]);
     }
 

@@ -57,13 +57,9 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let health = HealthServer::new(HealthService::from_health_reporter(
-        process.health().clone(),
-    ));
-    let routes = routes
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let health = HealthServer::new(HealthService::from_health_reporter(process.health().clone()));
+    let routes =
+        routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
 
     let address = process.listen_address();
     let drain_signal = {

@@ -43,11 +43,7 @@ impl Metrics {
             ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
         ]);
         // `Info` appends `_info`: this is `paretopo_build_info`.
-        registry.register(
-            "paretopo_build",
-            "The paretopo build and role of this process",
-            info,
-        );
+        registry.register("paretopo_build", "The paretopo build and role of this process", info);
         let uptime = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "paretopo_uptime_seconds",
@@ -61,11 +57,7 @@ impl Metrics {
             "Unix time at which the process started",
             start_time,
         );
-        Self {
-            registry,
-            uptime,
-            started,
-        }
+        Self { registry, uptime, started }
     }
 
     /// The registry, for a role to add its metrics before serving.
@@ -88,22 +80,16 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(render))
-        .with_state(metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let app = Router::new().route("/metrics", get(render)).with_state(metrics);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     match metrics.render() {
         Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding metrics: {e}"),
-        )
-            .into_response(),
+        Err(e) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response()
+        }
     }
 }
 
@@ -123,10 +109,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("paretopo_uptime_seconds "), "{text}");
-        assert!(
-            text.contains("paretopo_process_start_time_seconds 1700000000"),
-            "{text}"
-        );
+        assert!(text.contains("paretopo_process_start_time_seconds 1700000000"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

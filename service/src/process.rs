@@ -60,12 +60,8 @@ impl Process {
     /// and for its service, until [`Process::mark_serving`].
     pub async fn new(setup: ProcessSetup, started: Instant) -> Self {
         let health = HealthReporter::new();
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status(setup.service_name, ServingStatus::NotServing)
-            .await;
+        health.set_service_status("", ServingStatus::NotServing).await;
+        health.set_service_status(setup.service_name, ServingStatus::NotServing).await;
         let started_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64() - started.elapsed().as_secs_f64())
@@ -150,12 +146,8 @@ impl Process {
 
     /// Ready: state SERVING, health SERVING.
     pub async fn mark_serving(&self) {
-        self.health
-            .set_service_status("", ServingStatus::Serving)
-            .await;
-        self.health
-            .set_service_status(self.service_name, ServingStatus::Serving)
-            .await;
+        self.health.set_service_status("", ServingStatus::Serving).await;
+        self.health.set_service_status(self.service_name, ServingStatus::Serving).await;
         self.set_state(ProcessState::Serving);
         tracing::info!(role = %self.role, listen = %self.listen_address, "serving");
     }
@@ -164,12 +156,8 @@ impl Process {
     /// that open health `Watch` streams end instead of holding the server open.
     pub async fn begin_drain(&self) {
         self.set_state(ProcessState::Draining);
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        self.health
-            .set_service_status(self.service_name, ServingStatus::NotServing)
-            .await;
+        self.health.set_service_status("", ServingStatus::NotServing).await;
+        self.health.set_service_status(self.service_name, ServingStatus::NotServing).await;
         let mut health = self.health.clone();
         health.clear_service_status(self.service_name).await;
         health.clear_service_status("").await;
@@ -190,10 +178,7 @@ impl Process {
             started_at_unix_seconds: self.started_unix,
             listen_address: self.listen_address.to_string(),
             advertised_address: self.advertised_address.clone().unwrap_or_default(),
-            metrics_address: self
-                .metrics_address
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            metrics_address: self.metrics_address.map(|a| a.to_string()).unwrap_or_default(),
             state: self.state() as i32,
             hostname: self.hostname.clone(),
             pid: std::process::id(),
@@ -243,10 +228,7 @@ mod tests {
         assert_eq!(info.advertised_address, "tools:4000");
         assert_eq!(info.pid, std::process::id());
         assert!(info.uptime_seconds >= 3.0, "{}", info.uptime_seconds);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs_f64();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64();
         assert!((now - 3.0 - info.started_at_unix_seconds).abs() < 1.0);
     }
 }

@@ -98,22 +98,12 @@ mod tests {
     fn interval_range_is_enforced_and_names_the_field() {
         let req = |ms| WatchStatusRequest { interval_ms: ms };
         assert_eq!(interval(&req(0)).expect("default"), DEFAULT_INTERVAL);
-        assert_eq!(
-            interval(&req(100)).expect("low end"),
-            Duration::from_millis(100)
-        );
-        assert_eq!(
-            interval(&req(60_000)).expect("high end"),
-            Duration::from_secs(60)
-        );
+        assert_eq!(interval(&req(100)).expect("low end"), Duration::from_millis(100));
+        assert_eq!(interval(&req(60_000)).expect("high end"), Duration::from_secs(60));
         for bad in [1, 99, 60_001, u32::MAX] {
             let status = interval(&req(bad)).expect_err("out of range");
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
-            assert!(
-                status.message().starts_with("interval_ms:"),
-                "{}",
-                status.message()
-            );
+            assert!(status.message().starts_with("interval_ms:"), "{}", status.message());
         }
     }
 
@@ -122,9 +112,8 @@ mod tests {
         let process = process().await;
         let counter = Arc::new(AtomicU32::new(0));
         let c = counter.clone();
-        let mut stream = watch(&process, Duration::from_secs(10), move || {
-            c.fetch_add(1, Ordering::SeqCst)
-        });
+        let mut stream =
+            watch(&process, Duration::from_secs(10), move || c.fetch_add(1, Ordering::SeqCst));
         assert_eq!(stream.next().await.expect("first").expect("ok"), 0);
 
         // A change is sent without waiting for the tick.
@@ -145,9 +134,6 @@ mod tests {
         let mut stream = watch(&process, Duration::from_secs(10), || 7u8);
         assert_eq!(stream.next().await.expect("first").expect("ok"), 7);
         process.shutdown().cancel();
-        assert!(
-            stream.next().await.is_none(),
-            "stream must end after shutdown"
-        );
+        assert!(stream.next().await.is_none(), "stream must end after shutdown");
     }
 }

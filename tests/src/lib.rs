@@ -22,37 +22,23 @@ pub const BINARIES: [&str; 4] = ["coordinator", "learner", "actor", "tool-server
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The path of a built binary; panics with a hint when it has not been built.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
     let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is not built: run `cargo build --bins` first",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is not built: run `cargo build --bins` first", path.display());
     path
 }
 
 /// The project venv's Python, which has the gRPC client packages (`make setup`).
 pub fn venv_python() -> PathBuf {
     let python = workspace_root().join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} missing: run `make setup`",
-        python.display()
-    );
+    assert!(python.is_file(), "{} missing: run `make setup`", python.display());
     python
 }
 
@@ -79,12 +65,7 @@ impl Server {
     pub fn start(name: &'static str, extra: &[&str]) -> Server {
         let (grpc, metrics) = (free_addr(), free_addr());
         let child = Command::new(binary(name))
-            .args([
-                "--listen",
-                &grpc.to_string(),
-                "--metrics-listen",
-                &metrics.to_string(),
-            ])
+            .args(["--listen", &grpc.to_string(), "--metrics-listen", &metrics.to_string()])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -92,12 +73,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Server {
-            name,
-            child,
-            grpc,
-            metrics,
-        }
+        Server { name, child, grpc, metrics }
     }
 
     /// Waits until health reports SERVING for the whole server; panics after `timeout`.
@@ -114,19 +90,13 @@ impl Server {
                 .await
             {
                 let check = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
+                    .check(HealthCheckRequest { service: String::new() })
                     .await;
                 if check.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
                     return;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} not SERVING within {timeout:?}",
-                self.name
-            );
+            assert!(Instant::now() < deadline, "{} not SERVING within {timeout:?}", self.name);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -188,9 +158,7 @@ pub fn run_to_end(name: &str, args: &[&str]) -> Output {
 
 /// Fetches `http://addr/metrics` and returns the content type and body.
 pub fn fetch_metrics(addr: SocketAddr) -> (String, String) {
-    let mut response = ureq::get(&format!("http://{addr}/metrics"))
-        .call()
-        .expect("GET /metrics");
+    let mut response = ureq::get(&format!("http://{addr}/metrics")).call().expect("GET /metrics");
     let content_type = response
         .headers()
         .get("content-type")

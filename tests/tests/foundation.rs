@@ -69,16 +69,9 @@ async fn a_client_without_our_protos_can_check_list_and_call_every_binary() {
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         ] {
-            assert!(
-                services.contains(&expected),
-                "{name}: {expected} not listed in {services:?}"
-            );
+            assert!(services.contains(&expected), "{name}: {expected} not listed in {services:?}");
         }
-        assert_eq!(
-            services.len(),
-            4,
-            "{name}: unexpected services in {services:?}"
-        );
+        assert_eq!(services.len(), 4, "{name}: unexpected services in {services:?}");
         let methods = probe["methods"].as_array().expect("methods");
         assert!(
             methods.iter().any(|m| m == "GetStatus") && methods.iter().any(|m| m == "WatchStatus")
@@ -87,44 +80,21 @@ async fn a_client_without_our_protos_can_check_list_and_call_every_binary() {
         let process = &probe["status"]["process"];
         assert_eq!(process["role"], proto_role_of(name), "{name}: {probe}");
         assert_eq!(process["state"], "PROCESS_STATE_SERVING", "{name}: {probe}");
-        assert_eq!(
-            process["listen_address"],
-            server.grpc.to_string(),
-            "{name}: {probe}"
-        );
-        assert_eq!(
-            process["metrics_address"],
-            server.metrics.to_string(),
-            "{name}: {probe}"
-        );
-        assert_eq!(
-            process["pid"].as_u64(),
-            Some(u64::from(server.child.id())),
-            "{name}: {probe}"
-        );
+        assert_eq!(process["listen_address"], server.grpc.to_string(), "{name}: {probe}");
+        assert_eq!(process["metrics_address"], server.metrics.to_string(), "{name}: {probe}");
+        assert_eq!(process["pid"].as_u64(), Some(u64::from(server.child.id())), "{name}: {probe}");
         assert_eq!(process["version"], env!("CARGO_PKG_VERSION"));
         let uptime = process["uptime_seconds"].as_f64().expect("uptime");
         assert!(uptime > 0.0 && uptime < 60.0, "{name}: uptime {uptime}");
 
-        assert_eq!(
-            probe["malformed"]["code"], "INVALID_ARGUMENT",
-            "{name}: {probe}"
-        );
-        assert_eq!(
-            probe["bad_interval"]["code"], "INVALID_ARGUMENT",
-            "{name}: {probe}"
-        );
-        let message = probe["bad_interval"]["message"]
-            .as_str()
-            .unwrap_or_default();
+        assert_eq!(probe["malformed"]["code"], "INVALID_ARGUMENT", "{name}: {probe}");
+        assert_eq!(probe["bad_interval"]["code"], "INVALID_ARGUMENT", "{name}: {probe}");
+        let message = probe["bad_interval"]["message"].as_str().unwrap_or_default();
         assert!(
             message.starts_with("interval_ms:"),
             "{name}: message must name the field: {message}"
         );
-        assert_eq!(
-            probe["health_after"], "SERVING",
-            "{name} must survive bad requests"
-        );
+        assert_eq!(probe["health_after"], "SERVING", "{name} must survive bad requests");
     }
 }
 
@@ -135,36 +105,22 @@ async fn metrics_ports_serve_build_info_and_uptime() {
         let mut server = Server::start(name, &[]);
         server.wait_serving(STARTUP).await;
         let metrics = server.metrics;
-        let (content_type, body) = tokio::task::spawn_blocking(move || fetch_metrics(metrics))
-            .await
-            .expect("fetch");
-        assert!(
-            content_type.starts_with("application/openmetrics-text"),
-            "{name}: {content_type}"
-        );
-        let role = if name == "tool-server" {
-            "tool-server"
-        } else {
-            name
-        };
+        let (content_type, body) =
+            tokio::task::spawn_blocking(move || fetch_metrics(metrics)).await.expect("fetch");
+        assert!(content_type.starts_with("application/openmetrics-text"), "{name}: {content_type}");
+        let role = if name == "tool-server" { "tool-server" } else { name };
         let build_info = format!(
             "paretopo_build_info{{role=\"{role}\",version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
-        assert!(
-            body.contains(&build_info),
-            "{name}: no `{build_info}` in\n{body}"
-        );
+        assert!(body.contains(&build_info), "{name}: no `{build_info}` in\n{body}");
         let uptime: f64 = body
             .lines()
             .find_map(|l| l.strip_prefix("paretopo_uptime_seconds "))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name}: no paretopo_uptime_seconds in\n{body}"));
         assert!(uptime > 0.0, "{name}: uptime {uptime}");
-        assert!(
-            body.ends_with("# EOF\n"),
-            "{name}: OpenMetrics text ends with # EOF"
-        );
+        assert!(body.ends_with("# EOF\n"), "{name}: OpenMetrics text ends with # EOF");
     }
 }
 
@@ -212,22 +168,13 @@ async fn sigterm_with_open_streams_exits_zero_within_five_seconds() {
                         .map(|r| r.is_ok()),
                 ),
             };
-        assert_eq!(
-            status_stream.next().await,
-            Some(true),
-            "{name}: first status snapshot"
-        );
+        assert_eq!(status_stream.next().await, Some(true), "{name}: first status snapshot");
         let mut health_stream = HealthClient::new(channel)
-            .watch(HealthCheckRequest {
-                service: String::new(),
-            })
+            .watch(HealthCheckRequest { service: String::new() })
             .await
             .expect("health watch")
             .into_inner();
-        assert!(
-            health_stream.next().await.is_some(),
-            "{name}: first health message"
-        );
+        assert!(health_stream.next().await.is_some(), "{name}: first health message");
 
         server.sigterm();
         let (status, took) =
@@ -246,10 +193,7 @@ async fn sigterm_with_open_streams_exits_zero_within_five_seconds() {
             while let Some(true) = status_stream.next().await {}
         })
         .await;
-        assert!(
-            drained.is_ok(),
-            "{name}: status stream still open after exit"
-        );
+        assert!(drained.is_ok(), "{name}: status stream still open after exit");
     }
 }
 
@@ -265,15 +209,9 @@ fn assert_config_error(name: &str, args: &[&str], expected: &[&str]) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{name} {args:?}: {stderr}");
     let line = stderr.trim_end();
-    assert!(
-        !line.contains('\n'),
-        "{name}: one line expected, got:\n{stderr}"
-    );
+    assert!(!line.contains('\n'), "{name}: one line expected, got:\n{stderr}");
     for part in expected {
-        assert!(
-            line.contains(part),
-            "{name} {args:?}: `{part}` not in: {line}"
-        );
+        assert!(line.contains(part), "{name} {args:?}: `{part}` not in: {line}");
     }
 }
 
@@ -317,11 +255,7 @@ fn missing_config_file_exits_2() {
 #[test]
 fn bad_override_and_bad_flags_exit_2() {
     for name in BINARIES {
-        assert_config_error(
-            name,
-            &["--set", "cluster.nodes=-1"],
-            &["key `cluster.nodes`"],
-        );
+        assert_config_error(name, &["--set", "cluster.nodes=-1"], &["key `cluster.nodes`"]);
         let output = run_to_end(name, &["--listen", "not-an-address"]);
         assert_eq!(output.status.code(), Some(2), "{name}: bad --listen");
         let output = run_to_end(name, &["--no-such-flag"]);
@@ -372,17 +306,11 @@ async fn json_log_format_writes_json_lines() {
     assert!(status.success());
     let stderr = server.stderr();
     let lines: Vec<&str> = stderr.lines().collect();
-    assert!(
-        lines.len() >= 3,
-        "expected start, serving and stop lines:\n{stderr}"
-    );
+    assert!(lines.len() >= 3, "expected start, serving and stop lines:\n{stderr}");
     for line in lines {
         let event: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert!(
-            event["level"].is_string() && event["fields"].is_object(),
-            "{line}"
-        );
+        assert!(event["level"].is_string() && event["fields"].is_object(), "{line}");
     }
 }
 
@@ -390,10 +318,7 @@ async fn json_log_format_writes_json_lines() {
 /// and stops them, each exiting 0.
 #[test]
 fn local_run_starts_all_four_healthy_and_stops_them() {
-    let output = Command::new(binary("coordinator"))
-        .arg("run")
-        .output()
-        .expect("coordinator run");
+    let output = Command::new(binary("coordinator")).arg("run").output().expect("coordinator run");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -402,15 +327,11 @@ fn local_run_starts_all_four_healthy_and_stops_them() {
     );
     for name in BINARIES {
         assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with(name) && l.contains("SERVING")),
+            stdout.lines().any(|l| l.starts_with(name) && l.contains("SERVING")),
             "{name} not reported SERVING:\n{stdout}"
         );
         assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with(name) && l.contains("stopped: exit 0")),
+            stdout.lines().any(|l| l.starts_with(name) && l.contains("stopped: exit 0")),
             "{name} not stopped cleanly:\n{stdout}"
         );
     }

@@ -26,10 +26,7 @@ pub struct ToolService {
 
 impl ToolService {
     fn snapshot(process: &Process) -> ToolServerStatus {
-        ToolServerStatus {
-            process: Some(process.info()),
-            ..Default::default()
-        }
+        ToolServerStatus { process: Some(process.info()), ..Default::default() }
     }
 }
 
@@ -53,9 +50,7 @@ impl ToolServer for ToolService {
         &self,
         _: Request<ListToolsRequest>,
     ) -> Result<Response<ListToolsResponse>, Status> {
-        Err(Status::unimplemented(
-            "ToolServer.ListTools: no tools are served yet (issue #5)",
-        ))
+        Err(Status::unimplemented("ToolServer.ListTools: no tools are served yet (issue #5)"))
     }
 
     async fn call(
@@ -63,9 +58,7 @@ impl ToolServer for ToolService {
         request: Request<ToolCallRequest>,
     ) -> Result<Response<ToolCallResponse>, Status> {
         check_call(request.get_ref())?;
-        Err(Status::unimplemented(
-            "ToolServer.Call: no tools are served yet (issue #5)",
-        ))
+        Err(Status::unimplemented("ToolServer.Call: no tools are served yet (issue #5)"))
     }
 
     async fn get_status(
@@ -83,22 +76,14 @@ impl ToolServer for ToolService {
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let every = status::interval(request.get_ref())?;
         let process = self.process.clone();
-        Ok(Response::new(status::watch(
-            &self.process,
-            every,
-            move || Self::snapshot(&process),
-        )))
+        Ok(Response::new(status::watch(&self.process, every, move || Self::snapshot(&process))))
     }
 }
 
 /// Serves the tool-server until shutdown.
 pub async fn run(launch: Launch) -> anyhow::Result<()> {
-    let service = ToolService {
-        process: launch.process.clone(),
-    };
-    launch
-        .serve(Routes::new(ToolServerServer::new(service)))
-        .await
+    let service = ToolService { process: launch.process.clone() };
+    launch.serve(Routes::new(ToolServerServer::new(service))).await
 }
 
 #[cfg(test)]
@@ -107,28 +92,15 @@ mod tests {
 
     #[test]
     fn call_requests_are_checked_field_by_field() {
-        let ok = ToolCallRequest {
-            tool: "calculator".into(),
-            deadline_ms: 100,
-            ..Default::default()
-        };
+        let ok =
+            ToolCallRequest { tool: "calculator".into(), deadline_ms: 100, ..Default::default() };
         assert!(check_call(&ok).is_ok());
-        let no_tool = ToolCallRequest {
-            tool: " ".into(),
-            ..ok.clone()
-        };
+        let no_tool = ToolCallRequest { tool: " ".into(), ..ok.clone() };
         let err = check_call(&no_tool).expect_err("empty tool");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().starts_with("tool:"));
-        let late = ToolCallRequest {
-            deadline_ms: MAX_DEADLINE_MS + 1,
-            ..ok
-        };
+        let late = ToolCallRequest { deadline_ms: MAX_DEADLINE_MS + 1, ..ok };
         let err = check_call(&late).expect_err("deadline");
-        assert!(
-            err.message().starts_with("deadline_ms:"),
-            "{}",
-            err.message()
-        );
+        assert!(err.message().starts_with("deadline_ms:"), "{}", err.message());
     }
 }

@@ -21,10 +21,5 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    run_main(
-        Role::ToolServer,
-        service_names::TOOL_SERVER,
-        cli.common,
-        tool_server::run,
-    )
+    run_main(Role::ToolServer, service_names::TOOL_SERVER, cli.common, tool_server::run)
 }
