@@ -63,11 +63,20 @@ pub struct Server {
 impl Server {
     /// Starts `name` on fresh loopback ports with `extra` arguments, stderr captured.
     pub fn start(name: &'static str, extra: &[&str]) -> Server {
+        Self::start_with_log(name, extra, "info")
+    }
+
+    /// Like [`Server::start`], with `RUST_LOG` set to `rust_log`.
+    ///
+    /// `LD_LIBRARY_PATH` is removed, because `cargo test` points it at libtorch: the binaries
+    /// must find their libraries through their rpath alone.
+    pub fn start_with_log(name: &'static str, extra: &[&str], rust_log: &str) -> Server {
         let (grpc, metrics) = (free_addr(), free_addr());
         let child = Command::new(binary(name))
             .args(["--listen", &grpc.to_string(), "--metrics-listen", &metrics.to_string()])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
+            .env_remove("LD_LIBRARY_PATH")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -151,6 +160,7 @@ impl Drop for Server {
 pub fn run_to_end(name: &str, args: &[&str]) -> Output {
     Command::new(binary(name))
         .args(args)
+        .env_remove("LD_LIBRARY_PATH")
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running {name}: {e}"))

@@ -295,16 +295,21 @@ fn help_explains_every_flag() {
     }
 }
 
+/// Starts `name`, waits until it serves, stops it with SIGTERM, checks exit 0; returns stderr.
+async fn serve_then_stop(name: &'static str, extra: &[&str], rust_log: &str) -> String {
+    let mut server = Server::start_with_log(name, extra, rust_log);
+    server.wait_serving(STARTUP).await;
+    server.sigterm();
+    let (status, _) = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(5)))
+        .unwrap_or_else(|| panic!("{name} still running 5 s after SIGTERM"));
+    assert!(status.success(), "{name}: {status}");
+    server.stderr()
+}
+
 /// `--log-format json` writes one JSON object per line on stderr.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_format_writes_json_lines() {
-    let mut server = Server::start("tool-server", &["--log-format", "json"]);
-    server.wait_serving(STARTUP).await;
-    server.sigterm();
-    let (status, _) =
-        tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(5))).expect("exits");
-    assert!(status.success());
-    let stderr = server.stderr();
+    let stderr = serve_then_stop("tool-server", &["--log-format", "json"], "info").await;
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(lines.len() >= 3, "expected start, serving and stop lines:\n{stderr}");
     for line in lines {
@@ -312,6 +317,35 @@ async fn json_log_format_writes_json_lines() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(event["level"].is_string() && event["fields"].is_object(), "{line}");
     }
+}
+
+/// `RUST_LOG` decides what is logged: at `warn`, a clean start and stop logs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_filters_log_lines() {
+    let stderr = serve_then_stop("tool-server", &[], "warn").await;
+    assert!(stderr.trim().is_empty(), "info lines logged at RUST_LOG=warn:\n{stderr}");
+}
+
+/// Binaries that link libtorch resolve it through their rpath (no `LD_LIBRARY_PATH`) and keep
+/// `libtorch_cuda` linked when the wheel has it, so tch can see a GPU where there is one.
+#[test]
+fn libtorch_binaries_need_no_library_path_and_keep_libtorch_cuda() {
+    let libtorch = paretopo_tests::workspace_root().join(".venv/libtorch/lib");
+    let has_cuda = libtorch.join("libtorch_cuda.so").exists();
+    for name in ["learner", "actor"] {
+        let output = Command::new("ldd")
+            .arg(binary(name))
+            .env_remove("LD_LIBRARY_PATH")
+            .output()
+            .expect("ldd");
+        let deps = String::from_utf8_lossy(&output.stdout);
+        assert!(!deps.contains("not found"), "{name}: unresolved libraries:\n{deps}");
+        assert!(deps.contains("libtorch_cpu.so => "), "{name}: libtorch not linked:\n{deps}");
+        assert_eq!(deps.contains("libtorch_cuda.so => "), has_cuda, "{name}:\n{deps}");
+    }
+    // The coordinator never links libtorch (DESIGN.md §10).
+    let output = Command::new("ldd").arg(binary("coordinator")).output().expect("ldd");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("libtorch"));
 }
 
 /// The README's main command: `coordinator run` starts the four binaries, finds them healthy,
