@@ -65,8 +65,10 @@ fn classic_front(points: Points<'_>, members: &mut [usize], distance: &mut [f64]
         return;
     }
     for k in 0..points.m() {
-        // Stable sort: ties keep input order (members are in input order).
-        members.sort_by(|&a, &b| points.point(a)[k].total_cmp(&points.point(b)[k]));
+        // Ties in input order (indices ascending), whatever the previous objective's order.
+        members.sort_unstable_by(|&a, &b| {
+            (points.point(a)[k] + 0.0).total_cmp(&(points.point(b)[k] + 0.0)).then(a.cmp(&b))
+        });
         let first = members[0];
         let last = members[members.len() - 1];
         distance[first] = f64::INFINITY;

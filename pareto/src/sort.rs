@@ -3,13 +3,15 @@
 //! net-dominance counts (spec §0, §1, §3).
 //!
 //! Every algorithm first sorts the points in decreasing lexicographic order. Then a point can be
-//! dominated only by points before it, copies are neighbours, and if front r dominates a point,
-//! so does every front before r (each member of front r is dominated by a member of front r - 1),
-//! so a point's front is found by binary search over the fronts. Checking one front is:
+//! dominated only by points before it and copies are neighbours. For M <= 3, if front r
+//! dominates a point so does every front before r (each member of front r is dominated by a
+//! member of front r - 1), so a point's front is found by binary search over the fronts:
 //! - M = 2: one comparison with the front's last `y` (Jensen 2003), O(N log N) in all;
-//! - M = 3: a lookup in the front's (y, z) staircase, O(N log N log F) in all;
-//! - M >= 4: a scan of the front's members (ENS-BS, Zhang et al. 2015), sub-quadratic when
-//!   fronts are many or small, O(M N^2) in the worst case.
+//! - M = 3: a Fenwick-tree sweep for the first front, then a lookup in each front's (y, z)
+//!   staircase, O(N log N log F) in all.
+//!
+//! For M >= 4, rank(p) = 1 + the largest rank of a point dominating p, found by a max query over
+//! the orthant above p in a k-d tree of objectives 1..M (sub-quadratic in practice).
 //!
 //! `constrained` mode (spec §1) ranks the feasible points by plain sorting and puts the
 //! infeasible ones after them, one front per distinct accuracy, best first.
@@ -79,162 +81,392 @@ pub fn front_ranks_brute(points: Points<'_>, mode: Dominance) -> Vec<u32> {
     rank
 }
 
-/// Decreasing lexicographic order of two points; -0.0 and 0.0 are one value (adding 0.0 turns
-/// -0.0 into 0.0), as they are for dominance.
-fn lex_desc(a: &[f64], b: &[f64]) -> Ordering {
-    for (x, y) in a.iter().zip(b) {
-        match (y + 0.0).total_cmp(&(x + 0.0)) {
-            Ordering::Equal => continue,
-            other => return other,
-        }
-    }
-    Ordering::Equal
+/// A key whose unsigned order is the numeric order of `v` (for finite `v`; -0.0 and 0.0 get
+/// the same key).
+fn order_key(v: f64) -> u64 {
+    let bits = (v + 0.0).to_bits();
+    if bits >> 63 == 1 { !bits } else { bits | (1 << 63) }
 }
 
-/// Plain ranks. Points that belong to no front up to `max_fronts` get rank `max_fronts + 1`
-/// (used by the nondominated filter, which needs only the first front).
+/// The points in decreasing lexicographic order, copied contiguously (with -0.0 made 0.0) so
+/// that the sweeps read memory in order.
+struct Sorted {
+    m: usize,
+    /// `order[s]` is the input index of the s-th point in sorted order.
+    order: Vec<u32>,
+    /// Row-major values in sorted order.
+    data: Vec<f64>,
+}
+
+impl Sorted {
+    fn new(points: Points<'_>) -> Self {
+        let (n, m) = (points.len(), points.m());
+        // Sort by the first objective's key, then break the (rare) ties lexicographically.
+        let mut keyed: Vec<(u64, u32)> =
+            points.iter().zip(0u32..).map(|(p, i)| (!order_key(p[0]), i)).collect();
+        keyed.sort_unstable();
+        let mut order: Vec<u32> = keyed.iter().map(|&(_, i)| i).collect();
+        let mut start = 0;
+        while start < n {
+            let mut end = start + 1;
+            while end < n && keyed[end].0 == keyed[start].0 {
+                end += 1;
+            }
+            if end - start > 1 {
+                order[start..end].sort_unstable_by(|&a, &b| {
+                    let (pa, pb) = (points.point(a as usize), points.point(b as usize));
+                    pa.iter()
+                        .zip(pb)
+                        .map(|(x, y)| order_key(*y).cmp(&order_key(*x)))
+                        .find(|o| o.is_ne())
+                        .unwrap_or(Ordering::Equal)
+                        .then(a.cmp(&b))
+                });
+            }
+            start = end;
+        }
+        let mut data = Vec::with_capacity(n * m);
+        for &i in &order {
+            data.extend(points.point(i as usize).iter().map(|v| v + 0.0));
+        }
+        Self { m, order, data }
+    }
+
+    fn point(&self, s: usize) -> &[f64] {
+        &self.data[s * self.m..(s + 1) * self.m]
+    }
+
+    /// Whether sorted point `s` equals its predecessor (copies are neighbours).
+    fn is_copy(&self, s: usize) -> bool {
+        s > 0 && self.point(s) == self.point(s - 1)
+    }
+}
+
+/// Plain ranks. Points beyond the first `max_fronts` fronts get rank `max_fronts + 1` (the
+/// nondominated filter needs only the first front).
 fn plain_ranks(points: Points<'_>, max_fronts: usize) -> Vec<u32> {
     let n = points.len();
     let mut rank = vec![0u32; n];
     if n == 0 {
         return rank;
     }
-    let m = points.m();
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    order.sort_unstable_by(|&a, &b| {
-        lex_desc(points.point(a as usize), points.point(b as usize)).then(a.cmp(&b))
-    });
-    let mut fronts: Fronts = match m {
-        1 | 2 => Fronts::Two(Vec::new()),
-        3 => Fronts::Three(Vec::new()),
-        _ => Fronts::Many(Vec::new()),
+    let cap = u32::try_from(max_fronts).unwrap_or(u32::MAX - 1);
+    let sorted = Sorted::new(points);
+    let in_order = match points.m() {
+        1 | 2 => sweep_2d(&sorted, cap),
+        3 => sweep_3d(&sorted, cap),
+        _ => KdRanks::new(&sorted).ranks(cap),
     };
-    let overflow = u32::try_from(max_fronts.saturating_add(1)).unwrap_or(u32::MAX);
-    let mut previous: Option<&[f64]> = None;
-    let mut previous_rank = 0;
-    for &i in &order {
-        let p = points.point(i as usize);
-        // Copies are neighbours in this order and share a rank.
-        if previous == Some(p) {
-            rank[i as usize] = previous_rank;
-            continue;
-        }
-        let front = fronts.first_not_dominating(points, p);
-        let r = if front < max_fronts {
-            fronts.insert(front, i, p);
-            front as u32 + 1
-        } else {
-            overflow
-        };
+    for (&i, r) in sorted.order.iter().zip(in_order) {
         rank[i as usize] = r;
-        previous = Some(p);
-        previous_rank = r;
     }
     rank
 }
 
-/// The fronts built so far, in the form each dimension needs to test "does front f dominate p".
-enum Fronts {
-    /// M <= 2: the `y` of each front's last point (non-increasing over fronts). With M = 1,
-    /// `y` is the only objective and every earlier distinct point dominates.
-    Two(Vec<f64>),
-    /// M = 3: each front's (y, z) staircase: keys y ascending, values z strictly descending.
-    Three(Vec<BTreeMap<OrderedF64, f64>>),
-    /// M >= 4: each front's members.
-    Many(Vec<Vec<u32>>),
-}
-
-impl Fronts {
-    fn len(&self) -> usize {
-        match self {
-            Fronts::Two(v) => v.len(),
-            Fronts::Three(v) => v.len(),
-            Fronts::Many(v) => v.len(),
+/// M <= 2 (Jensen 2003): each front keeps the `y` of its last point, a non-increasing sequence
+/// over fronts; a point joins the first front whose last `y` is below its own.
+fn sweep_2d(sorted: &Sorted, cap: u32) -> Vec<u32> {
+    let n = sorted.order.len();
+    let mut rank = vec![0u32; n];
+    let mut last_y: Vec<f64> = Vec::new();
+    for s in 0..n {
+        if sorted.is_copy(s) {
+            rank[s] = rank[s - 1];
+            continue;
         }
-    }
-
-    /// The first front that does not dominate `p` (== `len()` when all do).
-    fn first_not_dominating(&self, points: Points<'_>, p: &[f64]) -> usize {
-        // Fronts that dominate p form a prefix: binary search for its end.
-        let (mut lo, mut hi) = (0, self.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.front_dominates(mid, points, p) {
-                lo = mid + 1;
+        let p = sorted.point(s);
+        let front = if sorted.m == 1 {
+            // One objective: every earlier, different point is strictly better.
+            last_y.len()
+        } else {
+            last_y.partition_point(|&y| y >= p[1])
+        };
+        if front < cap as usize {
+            let y = p[sorted.m - 1];
+            if front == last_y.len() {
+                last_y.push(y);
             } else {
-                hi = mid;
+                last_y[front] = y;
             }
-        }
-        lo
-    }
-
-    /// Whether a member of front `f` dominates `p`. Every member precedes `p` in decreasing
-    /// lexicographic order and differs from it, so "weakly better in every objective" suffices.
-    fn front_dominates(&self, f: usize, points: Points<'_>, p: &[f64]) -> bool {
-        match self {
-            Fronts::Two(last) => {
-                let y = if p.len() == 1 { p[0] } else { p[1] };
-                // M = 1: any earlier, different point is strictly better.
-                if p.len() == 1 { true } else { last[f] >= y }
-            }
-            Fronts::Three(stairs) => {
-                stairs[f].range(OrderedF64(p[1])..).next().is_some_and(|(_, &z)| z >= p[2])
-            }
-            Fronts::Many(members) => members[f].iter().rev().any(|&q| {
-                let q = points.point(q as usize);
-                // q[0] >= p[0] by the sort order.
-                q[1..].iter().zip(&p[1..]).all(|(a, b)| a >= b)
-            }),
+            rank[s] = front as u32 + 1;
+        } else {
+            rank[s] = cap + 1;
         }
     }
+    rank
+}
 
-    fn insert(&mut self, f: usize, index: u32, p: &[f64]) {
-        match self {
-            Fronts::Two(last) => {
-                let y = if p.len() == 1 { p[0] } else { p[1] };
-                if f == last.len() {
-                    last.push(y);
-                } else {
-                    last[f] = y;
+/// M = 3, in two passes.
+///
+/// The first front comes from one sweep with a Fenwick tree over the ranks of `y` that keeps the
+/// largest `z` seen at or above each `y`: an earlier point with `y' >= y` and `z' >= z` dominates
+/// p. Every point is inserted, dominated or not, since dominance is transitive.
+///
+/// The other fronts: each keeps the staircase of its (y, z) projections (keys y ascending,
+/// values z strictly descending); front f dominates p when the staircase point with the
+/// smallest y >= p.y has z >= p.z, and the fronts that dominate p form a prefix, so a binary
+/// search finds p's front.
+fn sweep_3d(sorted: &Sorted, cap: u32) -> Vec<u32> {
+    let n = sorted.order.len();
+    let mut rank = vec![0u32; n];
+
+    // Pass 1: the first front. y-ranks descending, so "y' >= y" is a prefix.
+    let mut by_y: Vec<(u64, u32)> =
+        (0..n).map(|s| (!order_key(sorted.point(s)[1]), s as u32)).collect();
+    by_y.sort_unstable();
+    let mut y_rank = vec![0u32; n];
+    let mut distinct = 0u32;
+    for (i, &(key, s)) in by_y.iter().enumerate() {
+        if i > 0 && key != by_y[i - 1].0 {
+            distinct += 1;
+        }
+        y_rank[s as usize] = distinct;
+    }
+    let mut fenwick = vec![f64::NEG_INFINITY; distinct as usize + 2];
+    for s in 0..n {
+        if sorted.is_copy(s) {
+            rank[s] = rank[s - 1];
+            continue;
+        }
+        let p = sorted.point(s);
+        let slot = y_rank[s] as usize + 1;
+        // Largest z among earlier points whose y-rank <= this one (y' >= y).
+        let (mut i, mut best) = (slot, f64::NEG_INFINITY);
+        while i > 0 {
+            best = best.max(fenwick[i]);
+            i &= i - 1;
+        }
+        rank[s] = if best >= p[2] { 0 } else { 1 };
+        let mut i = slot;
+        while i < fenwick.len() {
+            if fenwick[i] < p[2] {
+                fenwick[i] = p[2];
+            }
+            i += i & i.wrapping_neg();
+        }
+    }
+    if cap <= 1 {
+        for r in &mut rank {
+            if *r == 0 {
+                *r = cap + 1;
+            }
+        }
+        return rank;
+    }
+
+    // Pass 2: fronts 2, 3, ... among the rest, with staircases.
+    let mut stairs: Vec<BTreeMap<OrderedF64, f64>> = Vec::new();
+    let dominates = |stair: &BTreeMap<OrderedF64, f64>, p: &[f64]| {
+        stair.range(OrderedF64(p[1])..).next().is_some_and(|(_, &z)| z >= p[2])
+    };
+    for s in 0..n {
+        if rank[s] == 1 {
+            continue;
+        }
+        if sorted.is_copy(s) {
+            rank[s] = rank[s - 1];
+            continue;
+        }
+        let p = sorted.point(s);
+        let front = 1 + stairs.partition_point(|stair| dominates(stair, p));
+        if front >= cap as usize {
+            rank[s] = cap + 1;
+            continue;
+        }
+        if front - 1 == stairs.len() {
+            stairs.push(BTreeMap::new());
+        }
+        let stair = &mut stairs[front - 1];
+        // Drop the staircase points p covers in (y, z): y <= p.y and z <= p.z, which are the
+        // ones just below p.y since z grows as y falls.
+        while let Some((&y, &z)) = stair.range(..=OrderedF64(p[1])).next_back() {
+            if z > p[2] {
+                break;
+            }
+            stair.remove(&y);
+        }
+        stair.insert(OrderedF64(p[1]), p[2]);
+        rank[s] = front as u32 + 1;
+    }
+    rank
+}
+
+/// M >= 4: rank(p) = 1 + the largest rank among the points that dominate p. Those are earlier
+/// in the sorted order and weakly better in objectives 1..M, so one query per point asks a k-d
+/// tree over objectives 1..M for the largest rank in the orthant above p, among points already
+/// ranked. Nodes keep their bounding box and the largest rank inside, which prunes subtrees
+/// that are unranked, outside the orthant, or cannot beat the best rank found.
+struct KdRanks<'a> {
+    sorted: &'a Sorted,
+    /// Query dimensions: objectives 1..M.
+    d: usize,
+    nodes: Vec<KdNode>,
+    /// Per node, its box: `lower[node * d + k]`, `upper[node * d + k]`.
+    lower: Vec<f64>,
+    upper: Vec<f64>,
+    /// Sorted positions, grouped by leaf.
+    items: Vec<u32>,
+    /// The leaf of each sorted position.
+    leaf_of: Vec<u32>,
+    /// Rank of each sorted position (0 while unranked).
+    rank: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KdNode {
+    /// Largest rank in the subtree (0: none ranked yet).
+    best: u32,
+    parent: u32,
+    /// Children, or `u32::MAX` for a leaf.
+    left: u32,
+    right: u32,
+    /// Leaf items: `items[start..end]`.
+    start: u32,
+    end: u32,
+}
+
+const KD_LEAF: usize = 8;
+
+impl<'a> KdRanks<'a> {
+    fn new(sorted: &'a Sorted) -> Self {
+        let n = sorted.order.len();
+        let d = sorted.m - 1;
+        let mut tree = Self {
+            sorted,
+            d,
+            nodes: Vec::with_capacity(2 * n / KD_LEAF + 2),
+            lower: Vec::new(),
+            upper: Vec::new(),
+            items: (0..n as u32).collect(),
+            leaf_of: vec![0; n],
+            rank: vec![0; n],
+        };
+        tree.build(0, n, u32::MAX);
+        tree
+    }
+
+    fn coord(&self, s: u32, k: usize) -> f64 {
+        self.sorted.data[s as usize * self.sorted.m + 1 + k]
+    }
+
+    /// Builds the subtree over `items[start..end]`; returns its node index.
+    fn build(&mut self, start: usize, end: usize, parent: u32) -> u32 {
+        let id = self.nodes.len() as u32;
+        let d = self.d;
+        let (mut lo, mut hi) = (vec![f64::INFINITY; d], vec![f64::NEG_INFINITY; d]);
+        for &s in &self.items[start..end] {
+            for k in 0..d {
+                let v = self.coord(s, k);
+                lo[k] = lo[k].min(v);
+                hi[k] = hi[k].max(v);
+            }
+        }
+        self.nodes.push(KdNode {
+            best: 0,
+            parent,
+            left: u32::MAX,
+            right: u32::MAX,
+            start: start as u32,
+            end: end as u32,
+        });
+        // Split on the widest dimension at the median.
+        let axis = (0..d).max_by(|&a, &b| (hi[a] - lo[a]).total_cmp(&(hi[b] - lo[b]))).unwrap_or(0);
+        let wide = hi[axis] > lo[axis];
+        self.lower.extend_from_slice(&lo);
+        self.upper.extend_from_slice(&hi);
+        if end - start <= KD_LEAF || !wide {
+            for i in start..end {
+                let s = self.items[i] as usize;
+                self.leaf_of[s] = id;
+            }
+            return id;
+        }
+        let mid = start + (end - start) / 2;
+        let sorted = self.sorted;
+        let m = sorted.m;
+        self.items[start..end].select_nth_unstable_by(mid - start, |&a, &b| {
+            let (x, y) =
+                (sorted.data[a as usize * m + 1 + axis], sorted.data[b as usize * m + 1 + axis]);
+            x.total_cmp(&y)
+        });
+        let left = self.build(start, mid, id);
+        let right = self.build(mid, end, id);
+        let node = &mut self.nodes[id as usize];
+        node.left = left;
+        node.right = right;
+        id
+    }
+
+    fn ranks(mut self, cap: u32) -> Vec<u32> {
+        let n = self.sorted.order.len();
+        for s in 0..n {
+            let r = if self.sorted.is_copy(s) {
+                self.rank[s - 1]
+            } else {
+                let p = &self.sorted.point(s)[1..];
+                let above = self.query(0, p, 0, cap);
+                (above + 1).min(cap + 1)
+            };
+            self.set_rank(s, r);
+        }
+        self.rank
+    }
+
+    /// The largest rank > `best` among ranked points weakly above `p` in every query
+    /// dimension, or `best`; stops early once `cap` is reached.
+    fn query(&self, node: u32, p: &[f64], mut best: u32, cap: u32) -> u32 {
+        let d = self.d;
+        let n = &self.nodes[node as usize];
+        if n.best <= best || best >= cap {
+            return best;
+        }
+        let (lo, hi) = (node as usize * d, node as usize * d + d);
+        let upper = &self.upper[lo..hi];
+        if upper.iter().zip(p).any(|(u, v)| u < v) {
+            return best; // the box misses the orthant
+        }
+        let lower = &self.lower[lo..hi];
+        if lower.iter().zip(p).all(|(l, v)| l >= v) {
+            return n.best; // the box lies inside the orthant
+        }
+        if n.left == u32::MAX {
+            for &s in &self.items[n.start as usize..n.end as usize] {
+                let r = self.rank[s as usize];
+                if r > best && (0..d).all(|k| self.coord(s, k) >= p[k]) {
+                    best = r;
                 }
             }
-            Fronts::Three(stairs) => {
-                if f == stairs.len() {
-                    stairs.push(BTreeMap::new());
-                }
-                let stair = &mut stairs[f];
-                // Drop the staircase points p covers in (y, z): y <= p.y and z <= p.z. They are
-                // the ones just below p.y, since z grows as y falls.
-                let covered: Vec<OrderedF64> = stair
-                    .range(..=OrderedF64(p[1]))
-                    .rev()
-                    .take_while(|(_, z)| **z <= p[2])
-                    .map(|(y, _)| *y)
-                    .collect();
-                for y in covered {
-                    stair.remove(&y);
-                }
-                stair.insert(OrderedF64(p[1]), p[2]);
+            return best;
+        }
+        // Visit the more promising child first.
+        let (a, b) = if self.nodes[n.left as usize].best >= self.nodes[n.right as usize].best {
+            (n.left, n.right)
+        } else {
+            (n.right, n.left)
+        };
+        best = self.query(a, p, best, cap);
+        self.query(b, p, best, cap)
+    }
+
+    fn set_rank(&mut self, s: usize, r: u32) {
+        self.rank[s] = r;
+        let mut node = self.leaf_of[s];
+        while node != u32::MAX {
+            let n = &mut self.nodes[node as usize];
+            if n.best >= r {
+                break;
             }
-            Fronts::Many(members) => {
-                if f == members.len() {
-                    members.push(Vec::new());
-                }
-                members[f].push(index);
-            }
+            n.best = r;
+            node = n.parent;
         }
     }
 }
 
-/// An `f64` ordered by `total_cmp`, for ordered maps. Inputs are finite (checked by `Points`).
-#[derive(Debug, Clone, Copy)]
+/// An `f64` ordered by `total_cmp`, for ordered maps. The sweeps store only finite values with
+/// -0.0 made 0.0, so this is the numeric order.
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct OrderedF64(f64);
 
-impl PartialEq for OrderedF64 {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.total_cmp(&other.0) == Ordering::Equal
-    }
-}
 impl Eq for OrderedF64 {}
 impl PartialOrd for OrderedF64 {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
@@ -243,9 +475,7 @@ impl PartialOrd for OrderedF64 {
 }
 impl Ord for OrderedF64 {
     fn cmp(&self, other: &Self) -> Ordering {
-        // +0.0 and -0.0 are the same value here: compare them as equal.
-        let (a, b) = (self.0 + 0.0, other.0 + 0.0);
-        a.total_cmp(&b)
+        self.0.total_cmp(&other.0)
     }
 }
 
