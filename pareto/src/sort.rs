@@ -255,10 +255,7 @@ fn sweep_3d(sorted: &Sorted, cap: u32) -> Vec<u32> {
     }
 
     // Pass 2: fronts 2, 3, ... among the rest, with staircases.
-    let mut stairs: Vec<BTreeMap<OrderedF64, f64>> = Vec::new();
-    let dominates = |stair: &BTreeMap<OrderedF64, f64>, p: &[f64]| {
-        stair.range(OrderedF64(p[1])..).next().is_some_and(|(_, &z)| z >= p[2])
-    };
+    let mut stairs: Vec<Staircase> = Vec::new();
     for s in 0..n {
         if rank[s] == 1 {
             continue;
@@ -267,28 +264,79 @@ fn sweep_3d(sorted: &Sorted, cap: u32) -> Vec<u32> {
             rank[s] = rank[s - 1];
             continue;
         }
-        let p = sorted.point(s);
-        let front = 1 + stairs.partition_point(|stair| dominates(stair, p));
+        let (y, z) = (sorted.point(s)[1], sorted.point(s)[2]);
+        let front = 1 + stairs.partition_point(|stair| stair.dominates(y, z));
         if front >= cap as usize {
             rank[s] = cap + 1;
             continue;
         }
         if front - 1 == stairs.len() {
-            stairs.push(BTreeMap::new());
+            stairs.push(Staircase::default());
         }
-        let stair = &mut stairs[front - 1];
-        // Drop the staircase points p covers in (y, z): y <= p.y and z <= p.z, which are the
-        // ones just below p.y since z grows as y falls.
-        while let Some((&y, &z)) = stair.range(..=OrderedF64(p[1])).next_back() {
-            if z > p[2] {
-                break;
-            }
-            stair.remove(&y);
-        }
-        stair.insert(OrderedF64(p[1]), p[2]);
+        stairs[front - 1].insert(y, z);
         rank[s] = front as u32 + 1;
     }
     rank
+}
+
+/// The (y, z) projections of a front's points that no other projection covers: y strictly
+/// ascending, z strictly descending. A sorted `Vec` while small, for speed on the many small
+/// fronts of random sets; an ordered map once large, so that a big front stays O(log N).
+#[derive(Debug, Default)]
+enum Staircase {
+    #[default]
+    Empty,
+    Small(Vec<(f64, f64)>),
+    Large(BTreeMap<OrderedF64, f64>),
+}
+
+/// Above this many points a staircase moves from a `Vec` to a `BTreeMap`.
+const SMALL_STAIRCASE: usize = 256;
+
+impl Staircase {
+    /// Whether some point has y' >= y and z' >= z: the one with the smallest y' >= y has the
+    /// largest z' among them.
+    fn dominates(&self, y: f64, z: f64) -> bool {
+        match self {
+            Staircase::Empty => false,
+            Staircase::Small(v) => {
+                let i = v.partition_point(|&(py, _)| py < y);
+                v.get(i).is_some_and(|&(_, pz)| pz >= z)
+            }
+            Staircase::Large(map) => {
+                map.range(OrderedF64(y)..).next().is_some_and(|(_, &pz)| pz >= z)
+            }
+        }
+    }
+
+    /// Adds (y, z), which no point covers, and drops the points it covers: y' <= y and
+    /// z' <= z, which sit just below y since z grows as y falls.
+    fn insert(&mut self, y: f64, z: f64) {
+        match self {
+            Staircase::Empty => *self = Staircase::Small(vec![(y, z)]),
+            Staircase::Small(v) => {
+                let end = v.partition_point(|&(py, _)| py <= y);
+                let mut start = end;
+                while start > 0 && v[start - 1].1 <= z {
+                    start -= 1;
+                }
+                v.splice(start..end, [(y, z)]);
+                if v.len() > SMALL_STAIRCASE {
+                    let map = v.iter().map(|&(py, pz)| (OrderedF64(py), pz)).collect();
+                    *self = Staircase::Large(map);
+                }
+            }
+            Staircase::Large(map) => {
+                while let Some((&py, &pz)) = map.range(..=OrderedF64(y)).next_back() {
+                    if pz > z {
+                        break;
+                    }
+                    map.remove(&py);
+                }
+                map.insert(OrderedF64(y), z);
+            }
+        }
+    }
 }
 
 /// M >= 4: rank(p) = 1 + the largest rank among the points that dominate p. Those are earlier
@@ -306,8 +354,15 @@ struct KdRanks<'a> {
     upper: Vec<f64>,
     /// Sorted positions, grouped by leaf.
     items: Vec<u32>,
+    /// The query coordinates of `items[i]` at `coords[i * d..(i + 1) * d]`, so that leaf scans
+    /// read memory in order.
+    coords: Vec<f64>,
     /// The leaf of each sorted position.
     leaf_of: Vec<u32>,
+    /// Where each sorted position sits in `items`.
+    slot_of: Vec<u32>,
+    /// Ranks in `items` order, for leaf scans (0 while unranked).
+    slot_rank: Vec<u32>,
     /// Rank of each sorted position (0 while unranked).
     rank: Vec<u32>,
 }
@@ -338,27 +393,36 @@ impl<'a> KdRanks<'a> {
             lower: Vec::new(),
             upper: Vec::new(),
             items: (0..n as u32).collect(),
+            coords: Vec::new(),
             leaf_of: vec![0; n],
+            slot_of: vec![0; n],
+            slot_rank: vec![0; n],
             rank: vec![0; n],
         };
         tree.build(0, n, u32::MAX);
+        let coords: Vec<f64> =
+            tree.items.iter().flat_map(|&s| sorted.point(s as usize)[1..].to_vec()).collect();
+        tree.coords = coords;
+        for (slot, &s) in tree.items.iter().enumerate() {
+            tree.slot_of[s as usize] = slot as u32;
+        }
         tree
-    }
-
-    fn coord(&self, s: u32, k: usize) -> f64 {
-        self.sorted.data[s as usize * self.sorted.m + 1 + k]
     }
 
     /// Builds the subtree over `items[start..end]`; returns its node index.
     fn build(&mut self, start: usize, end: usize, parent: u32) -> u32 {
         let id = self.nodes.len() as u32;
         let d = self.d;
-        let (mut lo, mut hi) = (vec![f64::INFINITY; d], vec![f64::NEG_INFINITY; d]);
+        let base = self.lower.len();
+        self.lower.resize(base + d, f64::INFINITY);
+        self.upper.resize(base + d, f64::NEG_INFINITY);
+        let m = self.sorted.m;
         for &s in &self.items[start..end] {
-            for k in 0..d {
-                let v = self.coord(s, k);
-                lo[k] = lo[k].min(v);
-                hi[k] = hi[k].max(v);
+            let p = &self.sorted.data[s as usize * m + 1..(s as usize + 1) * m];
+            for (k, &v) in p.iter().enumerate() {
+                let (lo, hi) = (&mut self.lower[base + k], &mut self.upper[base + k]);
+                *lo = lo.min(v);
+                *hi = hi.max(v);
             }
         }
         self.nodes.push(KdNode {
@@ -370,10 +434,9 @@ impl<'a> KdRanks<'a> {
             end: end as u32,
         });
         // Split on the widest dimension at the median.
+        let (lo, hi) = (&self.lower[base..base + d], &self.upper[base..base + d]);
         let axis = (0..d).max_by(|&a, &b| (hi[a] - lo[a]).total_cmp(&(hi[b] - lo[b]))).unwrap_or(0);
         let wide = hi[axis] > lo[axis];
-        self.lower.extend_from_slice(&lo);
-        self.upper.extend_from_slice(&hi);
         if end - start <= KD_LEAF || !wide {
             for i in start..end {
                 let s = self.items[i] as usize;
@@ -430,26 +493,26 @@ impl<'a> KdRanks<'a> {
             return n.best; // the box lies inside the orthant
         }
         if n.left == u32::MAX {
-            for &s in &self.items[n.start as usize..n.end as usize] {
-                let r = self.rank[s as usize];
-                if r > best && (0..d).all(|k| self.coord(s, k) >= p[k]) {
+            for i in n.start as usize..n.end as usize {
+                let r = self.slot_rank[i];
+                if r > best && self.coords[i * d..(i + 1) * d].iter().zip(p).all(|(a, b)| a >= b) {
                     best = r;
                 }
             }
             return best;
         }
-        // Visit the more promising child first.
-        let (a, b) = if self.nodes[n.left as usize].best >= self.nodes[n.right as usize].best {
-            (n.left, n.right)
-        } else {
-            (n.right, n.left)
-        };
+        // Visit the more promising child first; skip a child that cannot beat `best` without
+        // the call.
+        let (left, right) = (self.nodes[n.left as usize].best, self.nodes[n.right as usize].best);
+        let (a, b, b_best) =
+            if left >= right { (n.left, n.right, right) } else { (n.right, n.left, left) };
         best = self.query(a, p, best, cap);
-        self.query(b, p, best, cap)
+        if b_best > best { self.query(b, p, best, cap) } else { best }
     }
 
     fn set_rank(&mut self, s: usize, r: u32) {
         self.rank[s] = r;
+        self.slot_rank[self.slot_of[s] as usize] = r;
         let mut node = self.leaf_of[s];
         while node != u32::MAX {
             let n = &mut self.nodes[node as usize];
@@ -570,6 +633,25 @@ mod tests {
     fn nondominated_keeps_copies_of_the_first_front() {
         let data = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.5, 0.5, 0.4, 0.4];
         assert_eq!(nondominated(pts(&data, 2)), [0, 1, 2, 3]);
+    }
+
+    /// Two nested fronts of 600 points in 3-D: the second front outgrows the small staircase
+    /// and moves to the ordered map.
+    #[test]
+    fn large_second_front_in_three_dimensions() {
+        let mut data = Vec::new();
+        for layer in [1.0, 0.5] {
+            for i in 0..600 {
+                let a = f64::from(i) / 599.0;
+                let b = f64::from((i * 7) % 600) / 599.0 * (1.0 - a);
+                data.extend_from_slice(&[layer * a, layer * b, layer * (1.0 - a - b)]);
+            }
+        }
+        let points = pts(&data, 3);
+        assert_eq!(
+            front_ranks(points, Dominance::Plain),
+            front_ranks_brute(points, Dominance::Plain)
+        );
     }
 
     #[test]
