@@ -20,6 +20,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use crate::dominance::{Dominance, dominates};
+use crate::hv::{ordered_key, radix_sort};
 use crate::points::Points;
 
 /// The front rank of every point, in input order (1-based).
@@ -81,13 +82,6 @@ pub fn front_ranks_brute(points: Points<'_>, mode: Dominance) -> Vec<u32> {
     rank
 }
 
-/// A key whose unsigned order is the numeric order of `v` (for finite `v`; -0.0 and 0.0 get
-/// the same key).
-fn order_key(v: f64) -> u64 {
-    let bits = (v + 0.0).to_bits();
-    if bits >> 63 == 1 { !bits } else { bits | (1 << 63) }
-}
-
 /// The points in decreasing lexicographic order, copied contiguously (with -0.0 made 0.0) so
 /// that the sweeps read memory in order.
 struct Sorted {
@@ -102,10 +96,10 @@ impl Sorted {
     fn new(points: Points<'_>) -> Self {
         let (n, m) = (points.len(), points.m());
         // Sort by the first objective's key, then break the (rare) ties lexicographically.
-        let mut keyed: Vec<(u64, u32)> =
-            points.iter().zip(0u32..).map(|(p, i)| (!order_key(p[0]), i)).collect();
-        keyed.sort_unstable();
-        let mut order: Vec<u32> = keyed.iter().map(|&(_, i)| i).collect();
+        let mut keyed: Vec<(u64, u64)> =
+            points.iter().zip(0u64..).map(|(p, i)| (!ordered_key(p[0]), i)).collect();
+        radix_sort(&mut keyed);
+        let mut order: Vec<u32> = keyed.iter().map(|&(_, i)| i as u32).collect();
         let mut start = 0;
         while start < n {
             let mut end = start + 1;
@@ -117,7 +111,7 @@ impl Sorted {
                     let (pa, pb) = (points.point(a as usize), points.point(b as usize));
                     pa.iter()
                         .zip(pb)
-                        .map(|(x, y)| order_key(*y).cmp(&order_key(*x)))
+                        .map(|(x, y)| ordered_key(*y).cmp(&ordered_key(*x)))
                         .find(|o| o.is_ne())
                         .unwrap_or(Ordering::Equal)
                         .then(a.cmp(&b))
@@ -211,9 +205,9 @@ fn sweep_3d(sorted: &Sorted, cap: u32) -> Vec<u32> {
     let mut rank = vec![0u32; n];
 
     // Pass 1: the first front. y-ranks descending, so "y' >= y" is a prefix.
-    let mut by_y: Vec<(u64, u32)> =
-        (0..n).map(|s| (!order_key(sorted.point(s)[1]), s as u32)).collect();
-    by_y.sort_unstable();
+    let mut by_y: Vec<(u64, u64)> =
+        (0..n).map(|s| (!ordered_key(sorted.point(s)[1]), s as u64)).collect();
+    radix_sort(&mut by_y);
     let mut y_rank = vec![0u32; n];
     let mut distinct = 0u32;
     for (i, &(key, s)) in by_y.iter().enumerate() {
