@@ -1,9 +1,11 @@
 //! NSGA-II crowding distance (Deb et al. 2002) within fronts, in two variants of one algorithm:
 //!
-//! - [`Crowding::Classic`]: what other libraries print. Per front and objective, sort the front
-//!   (ties in input order), give both ends +inf, and add `(next - previous) / span` to every
-//!   other point, where `span` is the front's range; a zero span adds nothing. Fronts of at most
-//!   two points are all +inf. This is the one result that depends on input order.
+//! - [`Crowding::Classic`]: what other libraries print (pymoo's `calc_crowding_distance`,
+//!   DEAP's `assignCrowdingDist`). Per front and objective, sort the front (ties in input
+//!   order), give both ends +inf, and add `(next - previous) / span` to every other point, where
+//!   `span` is the front's range; an objective with zero span is skipped, ends included. The sum
+//!   is divided by M (those libraries average over objectives). Fronts of at most two points are
+//!   all +inf. This is the one result that depends on input order.
 //! - [`Crowding::OrderIndependent`]: spec §3 step 2. For objective k, skip it when the range over
 //!   the whole set is 0 or the front has fewer than 2 distinct values; otherwise with
 //!   `v_1 < ... < v_m` the front's distinct values, points at `v_1` or `v_m` get +inf and a point
@@ -58,6 +60,7 @@ pub fn crowding_distances(points: Points<'_>, ranks: &[u32], variant: Crowding) 
 }
 
 fn classic_front(points: Points<'_>, members: &mut [usize], distance: &mut [f64]) {
+    let m = points.m() as f64;
     if members.len() <= 2 {
         for &i in members.iter() {
             distance[i] = f64::INFINITY;
@@ -71,15 +74,15 @@ fn classic_front(points: Points<'_>, members: &mut [usize], distance: &mut [f64]
         });
         let first = members[0];
         let last = members[members.len() - 1];
-        distance[first] = f64::INFINITY;
-        distance[last] = f64::INFINITY;
         let span = points.point(last)[k] - points.point(first)[k];
         if span == 0.0 {
             continue;
         }
+        distance[first] = f64::INFINITY;
+        distance[last] = f64::INFINITY;
         for w in members.windows(3) {
             let gap = points.point(w[2])[k] - points.point(w[0])[k];
-            distance[w[1]] += gap / span;
+            distance[w[1]] += gap / span / m;
         }
     }
 }
@@ -144,10 +147,10 @@ mod tests {
         let y = [0.0, 3.0, 1.0, 2.0, 2.0, 1.0, 3.0, 0.0];
         let points = Points::new(&y, 2).expect("valid");
         let cd = crowding_distances(points, &[1, 1, 1, 1], Crowding::Classic);
-        // Interior points: (2 - 0)/3 in each objective, twice.
+        // Interior points: (2 - 0)/3 in each objective, averaged over the two objectives.
         assert_eq!(cd[0], f64::INFINITY);
         assert_eq!(cd[3], f64::INFINITY);
-        assert!((cd[1] - 4.0 / 3.0).abs() < 1e-12 && (cd[2] - 4.0 / 3.0).abs() < 1e-12);
+        assert!((cd[1] - 2.0 / 3.0).abs() < 1e-12 && (cd[2] - 2.0 / 3.0).abs() < 1e-12);
         // Fronts of two points are all +inf.
         let cd = crowding_distances(points, &[1, 1, 2, 3], Crowding::Classic);
         assert!(cd[..3].iter().all(|d| d.is_infinite()));

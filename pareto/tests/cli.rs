@@ -78,7 +78,7 @@ fn crowding_prints_inf_at_the_ends() {
     assert_eq!(lines[0], "inf");
     assert_eq!(lines[3], "inf");
     let middle: f64 = lines[1].parse().expect("number");
-    assert!((middle - 4.0 / 3.0).abs() < 1e-15);
+    assert!((middle - 2.0 / 3.0).abs() < 1e-15);
 }
 
 #[test]

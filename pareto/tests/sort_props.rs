@@ -45,12 +45,14 @@ fn crowding_reference(points: &[Vec<f64>], ranks: &[u32], classic: bool) -> Vec<
                 by_k.sort_by(|&a, &b| {
                     points[a][k].partial_cmp(&points[b][k]).expect("finite").then(a.cmp(&b))
                 });
-                let span = points[*by_k.last().expect("nonempty")][k] - points[by_k[0]][k];
-                cd[by_k[0]] = f64::INFINITY;
-                cd[*by_k.last().expect("nonempty")] = f64::INFINITY;
+                let (first, last) = (by_k[0], *by_k.last().expect("nonempty"));
+                let span = points[last][k] - points[first][k];
                 if span > 0.0 {
+                    cd[first] = f64::INFINITY;
+                    cd[last] = f64::INFINITY;
                     for j in 1..by_k.len() - 1 {
-                        cd[by_k[j]] += (points[by_k[j + 1]][k] - points[by_k[j - 1]][k]) / span;
+                        cd[by_k[j]] +=
+                            (points[by_k[j + 1]][k] - points[by_k[j - 1]][k]) / span / m as f64;
                     }
                 }
             } else {
