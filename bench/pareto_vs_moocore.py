@@ -123,15 +123,48 @@ def run_case(kind, n, m, rng, repeat, do_hvc, pymoo_ok):
     return row
 
 
+def crowding_check(rng, trials=60):
+    """`pareto crowding` against pymoo's calc_crowding_distance, front by front (fronts of at
+    most two points are all inf by our definition). Returns the number of sets that differ."""
+    from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+    differ = 0
+    for trial in range(trials):
+        m = 2 + trial % 4
+        x = rng.random((40, m)) if trial % 2 else rng.integers(0, 4, (40, m)).astype(float)
+        with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+            np.savetxt(f, x, delimiter=",", fmt="%.17g")
+            path = f.name
+        try:
+            out = subprocess.run([CLI, "crowding", path], capture_output=True, text=True, check=True)
+        finally:
+            os.unlink(path)
+        ours = np.array(out.stdout.split(), dtype=float)
+        want = np.zeros(len(x))
+        for front in NonDominatedSorting().do(x):
+            want[front] = calc_crowding_distance(x[front]) if len(front) > 2 else np.inf
+        same = np.isinf(ours) == np.isinf(want)
+        finite = ~np.isinf(want)
+        if not (same.all() and np.allclose(ours[finite], want[finite], rtol=1e-12, atol=1e-12)):
+            differ += 1
+    return differ
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 10^3, 10^4 only")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results-pareto.json"))
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--crowding-only", action="store_true",
+                        help="only compare `pareto crowding` with pymoo on 60 random sets")
     args = parser.parse_args()
     if not os.path.exists(CLI):
         raise SystemExit(f"{CLI} missing: cargo build --release -p pareto")
     rng = np.random.default_rng(args.seed)
+    if args.crowding_only:
+        differ = crowding_check(rng)
+        print(f"crowding: {differ} of 60 sets differ from pymoo")
+        return
     rows, pymoo_ok = [], {}
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
     for m in (2, 3, 4, 5):
