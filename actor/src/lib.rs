@@ -11,7 +11,6 @@ use paretopo_proto::v1::actor_server::{Actor, ActorServer};
 use paretopo_proto::v1::{ActorStatus, GetStatusRequest, WatchStatusRequest};
 use paretopo_service::cli::Launch;
 use paretopo_service::{Process, status};
-use policy::DeviceChoice;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -57,10 +56,8 @@ impl Actor for ActorService {
 
 /// Serves the actor until shutdown.
 pub async fn run(launch: Launch) -> anyhow::Result<()> {
-    let choice: DeviceChoice = launch.config.model.device.parse().map_err(anyhow::Error::msg)?;
-    let device = choice.resolve()?;
-    tracing::info!(device = %policy::device_name(device), "compute device");
-    let service =
-        ActorService { process: launch.process.clone(), device: policy::device_name(device) };
+    let device = policy::device_name(policy::device_from_setting(&launch.config.model.device)?);
+    tracing::info!(%device, "compute device");
+    let service = ActorService { process: launch.process.clone(), device };
     launch.serve(Routes::new(ActorServer::new(service))).await
 }

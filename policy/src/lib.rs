@@ -18,9 +18,12 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
-/// A device that was asked for and is not there.
+/// A device setting that is malformed, or asks for a device that is not there.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// The setting is not `auto`, `cpu`, `cuda` or `cuda:N`.
+    #[error("{0}")]
+    Invalid(String),
     /// CUDA was asked for but libtorch sees fewer devices.
     #[error("cuda:{index} was requested but libtorch sees {available} CUDA device(s)")]
     CudaUnavailable {
@@ -61,6 +64,11 @@ impl DeviceChoice {
             DeviceChoice::Cuda(index) => Err(DeviceError::CudaUnavailable { index, available }),
         }
     }
+}
+
+/// Parses a `[model] device` setting and resolves it against the devices libtorch sees.
+pub fn device_from_setting(setting: &str) -> Result<Device, DeviceError> {
+    setting.parse::<DeviceChoice>().map_err(DeviceError::Invalid)?.resolve()
 }
 
 /// The name status messages and logs use for a device: `cpu` or `cuda:N`.
@@ -125,6 +133,12 @@ mod tests {
         assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
         assert!("gpu".parse::<DeviceChoice>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn settings_parse_and_resolve() {
+        assert_eq!(device_from_setting("cpu").expect("cpu"), Device::Cpu);
+        assert!(matches!(device_from_setting("gpu"), Err(DeviceError::Invalid(_))));
     }
 
     #[test]
