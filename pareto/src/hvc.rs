@@ -31,8 +31,9 @@
 
 use crate::hv::{
     RankSet, Workspace, box_volume, counts, dense_ranks, exclusive4d, hv_sorted, hypervolume_brute,
-    order_desc, ordered_key, weakly_dominates,
+    order_desc, weakly_dominates,
 };
+use crate::keys::ordered_key;
 use crate::points::Points;
 
 /// `HV(P) - HV(P \ {p})` for every point, in input order. 0 for dominated points, for points

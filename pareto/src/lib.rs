@@ -19,6 +19,7 @@ pub mod crowding;
 pub mod dominance;
 pub mod hv;
 pub mod hvc;
+mod keys;
 pub mod points;
 pub mod sort;
 pub mod stage1;

@@ -20,7 +20,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use crate::dominance::{Dominance, dominates};
-use crate::hv::{ordered_key, radix_sort};
+use crate::keys::{ordered_key, radix_sort};
 use crate::points::Points;
 
 /// The front rank of every point, in input order (1-based).
