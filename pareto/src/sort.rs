@@ -10,8 +10,9 @@
 //! - M = 3: a Fenwick-tree sweep for the first front, then a lookup in each front's (y, z)
 //!   staircase, O(N log N log F) in all.
 //!
-//! For M >= 4, rank(p) = 1 + the largest rank of a point dominating p, found by a max query over
-//! the orthant above p in a k-d tree of objectives 1..M (sub-quadratic in practice).
+//! For M >= 4, rank(p) = 1 + the largest rank of a point dominating p: on small sets from ANDs of
+//! prefix bitsets, on large ones from a max query over the orthant above p in a k-d tree of
+//! objectives 1..M (sub-quadratic in practice).
 //!
 //! `constrained` mode (spec §1) ranks the feasible points by plain sorting and puts the
 //! infeasible ones after them, one front per distinct accuracy, best first.
@@ -149,6 +150,7 @@ fn plain_ranks(points: Points<'_>, max_fronts: usize) -> Vec<u32> {
     let in_order = match points.m() {
         1 | 2 => sweep_2d(&sorted, cap),
         3 => sweep_3d(&sorted, cap),
+        _ if n <= BITSET_MAX_POINTS => bitset_ranks(&sorted, cap),
         _ => KdRanks::new(&sorted).ranks(cap),
     };
     for (&i, r) in sorted.order.iter().zip(in_order) {
@@ -331,6 +333,86 @@ impl Staircase {
             }
         }
     }
+}
+
+/// Up to this many points, M >= 4 uses [`bitset_ranks`]; its tables take
+/// `(M - 1) N^2 / 8` bytes (512 KiB per objective at the limit); above it the k-d tree was
+/// faster in our measurements.
+const BITSET_MAX_POINTS: usize = 2048;
+
+/// M >= 4 on small sets: rank(p) = 1 + the largest r such that front r holds a point weakly
+/// above p in every objective. With every point's sorted position as a bit, "weakly above p in
+/// objective k" is a prefix of the order by objective k (ties included), so the candidates are
+/// the AND of M - 1 precomputed prefix bitsets, and each front is a bitset too. Points not yet
+/// ranked belong to no front, and ranked ones are at least as good as p in objective 0, so no
+/// other check is needed. O(M N^2 / 64) to build, O((M + F) N / 64) per point.
+fn bitset_ranks(sorted: &Sorted, cap: u32) -> Vec<u32> {
+    let n = sorted.order.len();
+    let m = sorted.m;
+    let words = n.div_ceil(64);
+    // prefixes[k][j]: the first j + 1 points in decreasing order of objective k + 1, extended
+    // to the end of j's tie group. above[k][s]: the prefix that holds point s and its ties.
+    let mut prefixes: Vec<Vec<u64>> = Vec::with_capacity(m - 1);
+    let mut above: Vec<Vec<u32>> = Vec::with_capacity(m - 1);
+    for k in 1..m {
+        let mut by_k: Vec<(u64, u64)> =
+            (0..n).map(|s| (!ordered_key(sorted.point(s)[k]), s as u64)).collect();
+        radix_sort(&mut by_k);
+        let mut table = vec![0u64; n * words];
+        let mut running = vec![0u64; words];
+        for (j, &(_, s)) in by_k.iter().enumerate() {
+            running[s as usize / 64] |= 1 << (s % 64);
+            table[j * words..(j + 1) * words].copy_from_slice(&running);
+        }
+        let mut slot = vec![0u32; n];
+        let mut j = n;
+        while j > 0 {
+            // Walk tie groups from the end, pointing each member at the group's last row.
+            let end = j - 1;
+            let mut start = end;
+            while start > 0 && by_k[start - 1].0 == by_k[end].0 {
+                start -= 1;
+            }
+            for &(_, s) in &by_k[start..=end] {
+                slot[s as usize] = end as u32;
+            }
+            j = start;
+        }
+        prefixes.push(table);
+        above.push(slot);
+    }
+    let mut fronts: Vec<Vec<u64>> = Vec::new();
+    let mut rank = vec![0u32; n];
+    let mut candidates = vec![0u64; words];
+    for s in 0..n {
+        if sorted.is_copy(s) {
+            rank[s] = rank[s - 1];
+            continue;
+        }
+        let row = |k: usize| {
+            let j = above[k][s] as usize;
+            &prefixes[k][j * words..(j + 1) * words]
+        };
+        candidates.copy_from_slice(row(0));
+        for k in 1..m - 1 {
+            for (c, w) in candidates.iter_mut().zip(row(k)) {
+                *c &= w;
+            }
+        }
+        let highest =
+            fronts.iter().rposition(|front| front.iter().zip(&candidates).any(|(f, c)| f & c != 0));
+        let front = highest.map_or(0, |f| f + 1);
+        if front >= cap as usize {
+            rank[s] = cap + 1;
+            continue;
+        }
+        if front == fronts.len() {
+            fronts.push(vec![0u64; words]);
+        }
+        fronts[front][s / 64] |= 1 << (s % 64);
+        rank[s] = front as u32 + 1;
+    }
+    rank
 }
 
 /// M >= 4: rank(p) = 1 + the largest rank among the points that dominate p. Those are earlier
@@ -646,6 +728,38 @@ mod tests {
             front_ranks(points, Dominance::Plain),
             front_ranks_brute(points, Dominance::Plain)
         );
+    }
+
+    /// M >= 4 has two algorithms (bitsets for small sets, the k-d tree for large ones): both
+    /// must agree with brute force on the same inputs, ties and copies included.
+    #[test]
+    fn bitset_and_kd_tree_ranks_agree_with_brute_force() {
+        let mut state = 5u64;
+        let mut next = |levels: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) % levels) as f64
+        };
+        for m in 4..=6 {
+            for levels in [2, 5, 1000] {
+                let data: Vec<f64> = (0..300 * m).map(|_| next(levels)).collect();
+                let points = pts(&data, m);
+                let sorted = Sorted::new(points);
+                let brute = front_ranks_brute(points, Dominance::Plain);
+                for in_order in
+                    [bitset_ranks(&sorted, u32::MAX - 1), KdRanks::new(&sorted).ranks(u32::MAX - 1)]
+                {
+                    let mut ranks = vec![0; points.len()];
+                    for (&i, r) in sorted.order.iter().zip(in_order) {
+                        ranks[i as usize] = r;
+                    }
+                    assert_eq!(ranks, brute, "m = {m}, levels = {levels}");
+                }
+                // The first-front cap of the nondominated filter.
+                let capped = bitset_ranks(&sorted, 1);
+                let kd_capped = KdRanks::new(&sorted).ranks(1);
+                assert_eq!(capped, kd_capped, "m = {m}, levels = {levels}");
+            }
+        }
     }
 
     #[test]
