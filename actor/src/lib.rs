@@ -22,10 +22,10 @@ pub struct ActorService {
 }
 
 impl ActorService {
-    fn snapshot(process: &Process, device: &str) -> ActorStatus {
+    fn snapshot(&self) -> ActorStatus {
         ActorStatus {
-            process: Some(process.info()),
-            device: device.to_owned(),
+            process: Some(self.process.info()),
+            device: self.device.clone(),
             ..Default::default()
         }
     }
@@ -37,7 +37,7 @@ impl Actor for ActorService {
         &self,
         _: Request<GetStatusRequest>,
     ) -> Result<Response<ActorStatus>, Status> {
-        Ok(Response::new(Self::snapshot(&self.process, &self.device)))
+        Ok(Response::new(self.snapshot()))
     }
 
     type WatchStatusStream = status::StatusStream<ActorStatus>;
@@ -46,11 +46,8 @@ impl Actor for ActorService {
         &self,
         request: Request<WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        let every = status::interval(request.get_ref())?;
-        let (process, device) = (self.process.clone(), self.device.clone());
-        Ok(Response::new(status::watch(&self.process, every, move || {
-            Self::snapshot(&process, &device)
-        })))
+        let this = self.clone();
+        status::respond(&self.process, request.get_ref(), move || this.snapshot())
     }
 }
 

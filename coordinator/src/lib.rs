@@ -138,9 +138,8 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        let every = status::interval(request.get_ref())?;
         let this = self.clone();
-        Ok(Response::new(status::watch(&self.process, every, move || this.snapshot())))
+        status::respond(&self.process, request.get_ref(), move || this.snapshot())
     }
 }
 

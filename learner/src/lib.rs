@@ -24,10 +24,10 @@ pub struct LearnerService {
 }
 
 impl LearnerService {
-    fn snapshot(process: &Process, device: &str) -> LearnerStatus {
+    fn snapshot(&self) -> LearnerStatus {
         LearnerStatus {
-            process: Some(process.info()),
-            device: device.to_owned(),
+            process: Some(self.process.info()),
+            device: self.device.clone(),
             collective: "none".to_owned(),
             ..Default::default()
         }
@@ -61,7 +61,7 @@ impl Learner for LearnerService {
         &self,
         _: Request<GetStatusRequest>,
     ) -> Result<Response<LearnerStatus>, Status> {
-        Ok(Response::new(Self::snapshot(&self.process, &self.device)))
+        Ok(Response::new(self.snapshot()))
     }
 
     type WatchStatusStream = status::StatusStream<LearnerStatus>;
@@ -70,11 +70,8 @@ impl Learner for LearnerService {
         &self,
         request: Request<WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        let every = status::interval(request.get_ref())?;
-        let (process, device) = (self.process.clone(), self.device.clone());
-        Ok(Response::new(status::watch(&self.process, every, move || {
-            Self::snapshot(&process, &device)
-        })))
+        let this = self.clone();
+        status::respond(&self.process, request.get_ref(), move || this.snapshot())
     }
 }
 

@@ -32,6 +32,21 @@ pub fn interval(request: &WatchStatusRequest) -> Result<Duration, Status> {
     }
 }
 
+/// Answers a `WatchStatus` request: checks `interval_ms` (see [`interval`]), then streams
+/// `snapshot()` (see [`watch`]). Every service's `WatchStatus` is this call.
+pub fn respond<T, F>(
+    process: &Process,
+    request: &WatchStatusRequest,
+    snapshot: F,
+) -> Result<tonic::Response<StatusStream<T>>, Status>
+where
+    T: Send + 'static,
+    F: Fn() -> T + Send + 'static,
+{
+    let every = interval(request)?;
+    Ok(tonic::Response::new(watch(process, every, snapshot)))
+}
+
 /// Spawns the producer of a status stream; `snapshot` builds one status message.
 pub fn watch<T, F>(process: &Process, every: Duration, snapshot: F) -> StatusStream<T>
 where

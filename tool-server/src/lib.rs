@@ -25,8 +25,8 @@ pub struct ToolService {
 }
 
 impl ToolService {
-    fn snapshot(process: &Process) -> ToolServerStatus {
-        ToolServerStatus { process: Some(process.info()), ..Default::default() }
+    fn snapshot(&self) -> ToolServerStatus {
+        ToolServerStatus { process: Some(self.process.info()), ..Default::default() }
     }
 }
 
@@ -65,7 +65,7 @@ impl ToolServer for ToolService {
         &self,
         _: Request<GetStatusRequest>,
     ) -> Result<Response<ToolServerStatus>, Status> {
-        Ok(Response::new(Self::snapshot(&self.process)))
+        Ok(Response::new(self.snapshot()))
     }
 
     type WatchStatusStream = status::StatusStream<ToolServerStatus>;
@@ -74,9 +74,8 @@ impl ToolServer for ToolService {
         &self,
         request: Request<WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        let every = status::interval(request.get_ref())?;
-        let process = self.process.clone();
-        Ok(Response::new(status::watch(&self.process, every, move || Self::snapshot(&process))))
+        let this = self.clone();
+        status::respond(&self.process, request.get_ref(), move || this.snapshot())
     }
 }
 
