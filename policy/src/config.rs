@@ -257,12 +257,14 @@ impl ModelConfig {
             "initializer_range": self.initializer_range,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": eos,
-            "torch_dtype": self.dtype,
+            "dtype": self.dtype,
         });
         if let Value::Object(fields) = fields {
             out.extend(fields);
         }
-        if let Some(Value::Object(params)) = out.get_mut("rope_parameters") {
+        // transformers 5 reads `rope_parameters`, 4.x the top-level `rope_theta`: write both.
+        let rope = out.entry("rope_parameters").or_insert(json!({ "rope_type": "default" }));
+        if let Value::Object(params) = rope {
             params.insert("rope_theta".into(), json!(self.rope_theta));
         }
         if !qwen {
