@@ -36,7 +36,7 @@ fn cached_forward_matches_whole_sequence_forward() {
     let prompts = prompts();
     let mut cache = model.new_cache(prompts.len(), 4);
     let chunks: Vec<&[i64]> = prompts.iter().map(Vec::as_slice).collect();
-    let mut last = model.logits(&model.forward_chunk(&mut cache, &chunks));
+    let last = model.logits(&model.forward_chunk(&mut cache, &chunks));
     // Then two more chunks of different lengths per row (the cache grows past its capacity).
     let extra: [[&[i64]; 3]; 2] = [[&[1, 2, 3], &[], &[4]], [&[9], &[10, 11], &[]]];
     let mut sequences = prompts.clone();
@@ -45,7 +45,7 @@ fn cached_forward_matches_whole_sequence_forward() {
         for (row, chunk) in step.iter().enumerate() {
             sequences[row].extend_from_slice(chunk);
             if !chunk.is_empty() {
-                let _ = last.get(row as i64).copy_(&logits.get(row as i64));
+                last.get(row as i64).copy_(&logits.get(row as i64));
             }
         }
     }
@@ -59,6 +59,7 @@ fn cached_forward_matches_whole_sequence_forward() {
 }
 
 #[test]
+#[allow(clippy::needless_range_loop)] // t indexes the sequence and the stats tensors alike
 fn right_padding_does_not_change_real_positions() {
     let model = model(2);
     let _guard = tch::no_grad_guard();
