@@ -85,13 +85,11 @@ fn right_padding_does_not_change_real_positions() {
     }
 }
 
-/// Samples a two-turn episode per row, with a "tool response" appended between turns, and
-/// returns the sequences, the loss masks (sampled tokens only) and the sampled log-probs.
-fn episode(
-    model: &Qwen2,
-    params: &SamplingParams,
-    seed: u64,
-) -> (Vec<Vec<i64>>, Vec<Vec<bool>>, Vec<Vec<f32>>) {
+/// Per row: the whole sequence, the loss mask (sampled tokens only), the sampled log-probs.
+type Episode = (Vec<Vec<i64>>, Vec<Vec<bool>>, Vec<Vec<f32>>);
+
+/// Samples a two-turn episode per row, with a "tool response" appended between turns.
+fn episode(model: &Qwen2, params: &SamplingParams, seed: u64) -> Episode {
     let prompts = prompts();
     let rows: Vec<usize> = (0..prompts.len()).collect();
     let mut session = Session::new(model, &prompts, 16);
