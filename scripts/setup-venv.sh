@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes the project-local Python environment `.venv/` that the build and the tests use:
 #   - torch==2.11.0 from PyPI, whose bundled libtorch the `tch` crate (0.24) links against;
-#   - the Python gRPC client packages the black-box API tests use;
+#   - the Python gRPC client packages the black-box API tests use, and `transformers` for the
+#     policy crate's golden tests (scripts/requirements-test.txt);
 #   - `.venv/libtorch`, a link to the wheel's `torch/` that the build uses as LIBTORCH;
 #   - `libnccl.so` in torch's lib/, a link to the wheel's NCCL, because cudarc's loader never
 #     looks for `libnccl.so.2` (DESIGN.md §9).
@@ -31,9 +32,14 @@ if ! "$venv/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split(
     pip install --quiet "torch==2.11.0"
 fi
 
-if ! "$venv/bin/python" -c 'import grpc, grpc_health, grpc_reflection' 2>/dev/null; then
-    echo "setup-venv: installing the Python gRPC test clients" >&2
-    pip install --quiet -r "$root/scripts/requirements-test.txt"
+# The test requirements are installed again whenever the file changes (a stamp holds its hash).
+requirements="$root/scripts/requirements-test.txt"
+stamp="$venv/.requirements-test.sha256"
+wanted=$(sha256sum "$requirements" | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    echo "setup-venv: installing the Python test clients and transformers" >&2
+    pip install --quiet -r "$requirements"
+    echo "$wanted" > "$stamp"
 fi
 
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
