@@ -255,7 +255,7 @@ pub fn load_weights(model: &Qwen2, dir: &Path) -> Result<(), CheckpointError> {
     }
     let tied = model.config().tie_word_embeddings;
     let _guard = tch::no_grad_guard();
-    for (name, param) in model.parameters().iter() {
+    for (name, param) in model.checkpoint_tensors() {
         let tensor = found.remove(name).ok_or_else(|| CheckpointError::MissingTensor {
             dir: dir.to_path_buf(),
             name: name.to_string(),
@@ -306,8 +306,7 @@ pub fn save(model: &Qwen2, dir: &Path, options: &SaveOptions<'_>) -> Result<(), 
     write_json(&dir.join(CONFIG), &config.to_hf_json())?;
 
     let tensors: Vec<(String, Tensor)> = model
-        .parameters()
-        .iter()
+        .checkpoint_tensors()
         .map(|(name, t)| (name.to_string(), t.detach().to_device(Device::Cpu).contiguous()))
         .collect();
     let shards = split_into_shards(&tensors, options.max_shard_bytes);

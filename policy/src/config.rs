@@ -189,8 +189,9 @@ impl ModelConfig {
         } else {
             extra.get("attention_bias").and_then(Value::as_bool).unwrap_or(false)
         };
+        // Absent means untied, as in transformers' Qwen2Config and LlamaConfig.
         let tie_word_embeddings =
-            extra.remove("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(!qwen);
+            extra.remove("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false);
         let initializer_range =
             extra.get("initializer_range").and_then(Value::as_f64).unwrap_or(0.02);
         let bos_token_id = extra.remove("bos_token_id").and_then(|v| v.as_i64());

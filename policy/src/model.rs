@@ -14,8 +14,13 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::ModelConfig;
 
-/// Every parameter of a model, by its Hugging Face name, in a fixed (sorted) order. The tensors
-/// are shared with the model's layers, so writing here changes the model.
+/// Every trainable tensor of a model, by name, in a fixed (sorted) order: what the optimizer
+/// steps and what [`crate::train::flat_grads`] lays out. The tensors are shared with the model's
+/// layers, so writing here changes the model.
+///
+/// Projections that read the same input are stored fused (`qkv_proj` for q/k/v, `gate_up_proj`
+/// for gate/up), one matrix product instead of three or two; [`Qwen2::checkpoint_tensors`] gives
+/// the Hugging Face names, as views into these.
 #[derive(Debug)]
 pub struct Parameters {
     named: Vec<(String, Tensor)>,
@@ -48,9 +53,11 @@ impl Parameters {
     }
 }
 
-/// Makes parameters and remembers their names.
+/// Makes parameters and remembers their names: the trainable tensors, and the Hugging Face
+/// names (the same tensors, or row ranges of a fused one).
 struct ParamBuilder {
     named: Vec<(String, Tensor)>,
+    checkpoint: Vec<(String, Tensor)>,
     kind: Kind,
     device: Device,
 }
@@ -58,7 +65,30 @@ struct ParamBuilder {
 impl ParamBuilder {
     fn zeros(&mut self, name: String, dims: &[i64]) -> Tensor {
         let t = Tensor::zeros(dims, (self.kind, self.device)).set_requires_grad(true);
-        self.named.push((name, t.shallow_clone()));
+        self.named.push((name.clone(), t.shallow_clone()));
+        self.checkpoint.push((name, t.shallow_clone()));
+        t
+    }
+
+    /// One tensor whose rows are the `parts` (Hugging Face name, rows) stacked in order;
+    /// `suffix` is `weight` or `bias` and `cols` the width (none for a bias).
+    fn fused(
+        &mut self,
+        name: String,
+        parts: &[(String, i64)],
+        suffix: &str,
+        cols: Option<i64>,
+    ) -> Tensor {
+        let rows: i64 = parts.iter().map(|(_, r)| r).sum();
+        let dims: Vec<i64> = std::iter::once(rows).chain(cols).collect();
+        let t = Tensor::zeros(dims.as_slice(), (self.kind, self.device)).set_requires_grad(true);
+        self.named.push((format!("{name}.{suffix}"), t.shallow_clone()));
+        let _guard = tch::no_grad_guard();
+        let mut start = 0;
+        for (part, r) in parts {
+            self.checkpoint.push((format!("{part}.{suffix}"), t.narrow(0, start, *r)));
+            start += r;
+        }
         t
     }
 }
@@ -74,6 +104,19 @@ impl Linear {
     fn new(p: &mut ParamBuilder, name: &str, in_dim: i64, out_dim: i64, bias: bool) -> Self {
         let weight = p.zeros(format!("{name}.weight"), &[out_dim, in_dim]);
         let bias = bias.then(|| p.zeros(format!("{name}.bias"), &[out_dim]));
+        Linear { weight, bias }
+    }
+
+    /// Several projections of the same input as one: `parts` are (Hugging Face name, outputs).
+    fn fused(
+        p: &mut ParamBuilder,
+        name: &str,
+        in_dim: i64,
+        parts: &[(String, i64)],
+        bias: bool,
+    ) -> Self {
+        let weight = p.fused(name.to_string(), parts, "weight", Some(in_dim));
+        let bias = bias.then(|| p.fused(name.to_string(), parts, "bias", None));
         Linear { weight, bias }
     }
 
@@ -113,6 +156,8 @@ impl RmsNorm {
 
 /// Rotary position embeddings: cos/sin tables for every position, in float32 like `transformers`
 /// (`inv_freq = 1 / theta^(2i/d)`, angles `position * inv_freq`), cast to the model's dtype.
+/// The sin table carries the sign of `rotate_half` (`[-sin, sin]`), so rotating is
+/// `x * cos + roll(x, d/2) * sin`: four operations, the same numbers.
 #[derive(Debug)]
 pub struct Rotary {
     cos: Tensor,
@@ -129,10 +174,11 @@ impl Rotary {
         let positions = Tensor::arange(config.max_position_embeddings, (Kind::Int64, Device::Cpu))
             .to_kind(Kind::Float);
         let angles = positions.unsqueeze(1) * inv_freq.unsqueeze(0);
-        let angles = Tensor::cat(&[&angles, &angles], -1);
+        let cos = Tensor::cat(&[angles.cos(), angles.cos()], -1);
+        let sin = Tensor::cat(&[-angles.sin(), angles.sin()], -1);
         Rotary {
-            cos: angles.cos().to_kind(kind).to_device(device),
-            sin: angles.sin().to_kind(kind).to_device(device),
+            cos: cos.to_kind(kind).to_device(device),
+            sin: sin.to_kind(kind).to_device(device),
         }
     }
 
@@ -145,13 +191,11 @@ impl Rotary {
     }
 }
 
-/// `x * cos + rotate_half(x) * sin`, with `rotate_half([x1, x2]) = [-x2, x1]`.
+/// `x * cos + rotate_half(x) * sin`, with `rotate_half([x1, x2]) = [-x2, x1]`: the roll gives
+/// `[x2, x1]` and the signed sin table the minus.
 fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let half = x.size()[3] / 2;
-    let x1 = x.narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    let rotated = Tensor::cat(&[&(-x2), &x1], 3);
-    x * cos + rotated * sin
+    x * cos + x.roll([half], [3]) * sin
 }
 
 /// How queries may see keys in one attention call.
@@ -168,9 +212,8 @@ pub(crate) enum AttentionMask {
 /// Grouped-query self-attention with rotary embeddings.
 #[derive(Debug)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q_proj, k_proj and v_proj stacked.
+    qkv_proj: Linear,
     o_proj: Linear,
     num_heads: i64,
     num_kv_heads: i64,
@@ -181,10 +224,13 @@ impl Attention {
     fn new(p: &mut ParamBuilder, name: &str, c: &ModelConfig) -> Self {
         let (h, d) = (c.hidden_size, c.head_dim);
         let (nq, nkv, bias) = (c.num_attention_heads, c.num_key_value_heads, c.attention_bias);
+        let parts = [
+            (format!("{name}.q_proj"), nq * d),
+            (format!("{name}.k_proj"), nkv * d),
+            (format!("{name}.v_proj"), nkv * d),
+        ];
         Attention {
-            q_proj: Linear::new(p, &format!("{name}.q_proj"), h, nq * d, bias),
-            k_proj: Linear::new(p, &format!("{name}.k_proj"), h, nkv * d, bias),
-            v_proj: Linear::new(p, &format!("{name}.v_proj"), h, nkv * d, bias),
+            qkv_proj: Linear::fused(p, &format!("{name}.qkv_proj"), h, &parts, bias),
             o_proj: Linear::new(p, &format!("{name}.o_proj"), nq * d, h, false),
             num_heads: nq,
             num_kv_heads: nkv,
@@ -203,10 +249,13 @@ impl Attention {
         cache: Option<(&mut LayerKv, i64)>,
     ) -> Tensor {
         let (b, l, _) = x.size3().expect("attention input is [B, L, hidden]");
-        let heads = |t: Tensor, n: i64| t.view([b, l, n, self.head_dim]).transpose(1, 2);
-        let q = apply_rotary(&heads(self.q_proj.forward(x), self.num_heads), cos, sin);
-        let k = apply_rotary(&heads(self.k_proj.forward(x), self.num_kv_heads), cos, sin);
-        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // [B, L, nq + 2 nkv, D] -> [B, nq + 2 nkv, L, D]; q and k rotate together.
+        let qkv = self.qkv_proj.forward(x).view([b, l, nq + 2 * nkv, d]).transpose(1, 2);
+        let qk = apply_rotary(&qkv.narrow(1, 0, nq + nkv), cos, sin);
+        let q = qk.narrow(1, 0, nq);
+        let k = qk.narrow(1, nq, nkv);
+        let v = qkv.narrow(1, nq + nkv, nkv);
         let (k, v) = match cache {
             Some((kv, start)) => {
                 kv.keys.narrow(2, start, l).copy_(&k);
@@ -234,23 +283,28 @@ impl Attention {
 /// SwiGLU: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug)]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate_proj and up_proj stacked.
+    gate_up_proj: Linear,
     down_proj: Linear,
+    intermediate: i64,
 }
 
 impl Mlp {
     fn new(p: &mut ParamBuilder, name: &str, c: &ModelConfig) -> Self {
         let (h, i) = (c.hidden_size, c.intermediate_size);
+        let parts = [(format!("{name}.gate_proj"), i), (format!("{name}.up_proj"), i)];
         Mlp {
-            gate_proj: Linear::new(p, &format!("{name}.gate_proj"), h, i, false),
-            up_proj: Linear::new(p, &format!("{name}.up_proj"), h, i, false),
+            gate_up_proj: Linear::fused(p, &format!("{name}.gate_up_proj"), h, &parts, false),
             down_proj: Linear::new(p, &format!("{name}.down_proj"), i, h, false),
+            intermediate: i,
         }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        let gate_up = self.gate_up_proj.forward(x);
+        let last = gate_up.dim() as i64 - 1;
+        let i = self.intermediate;
+        self.down_proj.forward(&(gate_up.narrow(last, 0, i).silu() * gate_up.narrow(last, i, i)))
     }
 }
 
@@ -372,6 +426,8 @@ impl KvCache {
 pub struct Qwen2 {
     config: ModelConfig,
     params: Parameters,
+    /// Hugging Face name -> tensor (a parameter, or rows of a fused one).
+    checkpoint_tensors: Vec<(String, Tensor)>,
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
@@ -385,7 +441,7 @@ impl Qwen2 {
     /// A model with every parameter zero, ready to be filled by
     /// [`crate::checkpoint::load_weights`] or [`Qwen2::init_random`].
     pub fn zeros(config: ModelConfig, kind: Kind, device: Device) -> Self {
-        let mut p = ParamBuilder { named: Vec::new(), kind, device };
+        let mut p = ParamBuilder { named: Vec::new(), checkpoint: Vec::new(), kind, device };
         let c = &config;
         let embed_tokens =
             p.zeros("model.embed_tokens.weight".into(), &[c.vocab_size, c.hidden_size]);
@@ -396,8 +452,10 @@ impl Qwen2 {
             .then(|| p.zeros("lm_head.weight".into(), &[c.vocab_size, c.hidden_size]));
         let rotary = Rotary::new(c, kind, device);
         p.named.sort_by(|a, b| a.0.cmp(&b.0));
+        p.checkpoint.sort_by(|a, b| a.0.cmp(&b.0));
         Qwen2 {
             params: Parameters { named: p.named },
+            checkpoint_tensors: p.checkpoint,
             embed_tokens,
             layers,
             norm,
@@ -416,7 +474,7 @@ impl Qwen2 {
         tch::manual_seed(seed);
         let std = self.config.initializer_range;
         let _guard = tch::no_grad_guard();
-        for (name, t) in self.params.iter() {
+        for (name, t) in self.checkpoint_tensors() {
             let value = if name.ends_with("norm.weight") {
                 Tensor::ones(t.size(), (Kind::Float, Device::Cpu))
             } else if name.ends_with(".bias") {
@@ -433,9 +491,15 @@ impl Qwen2 {
         &self.config
     }
 
-    /// The parameters by name.
+    /// The trainable tensors (fused projections stored whole).
     pub fn parameters(&self) -> &Parameters {
         &self.params
+    }
+
+    /// Every tensor by its Hugging Face checkpoint name, sorted; writing into one (under
+    /// `tch::no_grad`) changes the model.
+    pub fn checkpoint_tensors(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.checkpoint_tensors.iter().map(|(n, t)| (n.as_str(), t))
     }
 
     /// The dtype of the parameters.
