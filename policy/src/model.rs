@@ -143,7 +143,7 @@ impl RmsNorm {
         if x.kind() == Kind::Float {
             // libtorch's fused kernel: one call instead of seven on the decode path.
             let dim = self.weight.size()[0];
-            return x.rms_norm(&[dim], Some(&self.weight), self.eps);
+            return x.rms_norm([dim], Some(&self.weight), self.eps);
         }
         // Lower precision: normalise in float32, cast, then scale, in transformers' order.
         let kind = x.kind();
