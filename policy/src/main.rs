@@ -140,9 +140,25 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     if let Err(err) = run(cli.command) {
+        // A reader that went away (`policy logits ... | head`) is not a failure of ours.
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return;
+        }
         eprintln!("policy: {err:#}");
         std::process::exit(1);
     }
+}
+
+/// Writes one line to stdout, returning the error (e.g. a closed pipe) instead of panicking.
+fn print_line(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -182,7 +198,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let logits =
                 tch::no_grad(|| ckpt.model.forward(&ids)).squeeze_dim(0).to_device(Device::Cpu);
             let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(logits).context("logits to f32")?;
-            println!("{}", serde_json::to_string(&rows)?);
+            print_line(&serde_json::to_string(&rows)?)?;
         }
         Command::Generate {
             model,
@@ -226,9 +242,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                     "logprobs": turn.logprobs,
                     "finish": format!("{:?}", turn.finish),
                 });
-                println!("{value}");
+                print_line(&value.to_string())?;
             } else {
-                println!("{text}");
+                print_line(&text)?;
             }
         }
         Command::Bench {
@@ -276,9 +292,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                 "train_tokens_per_s": report.train_seconds.map(|s| (batch * (prompt_len + new_tokens)) as f64 / s),
             });
             if json {
-                println!("{value}");
+                print_line(&value.to_string())?;
             } else {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                print_line(&serde_json::to_string_pretty(&value)?)?;
             }
         }
     }

@@ -198,6 +198,11 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     x * cos + x.roll([half], [3]) * sin
 }
 
+/// The two parts of a two-way split.
+fn two(parts: Vec<Tensor>) -> [Tensor; 2] {
+    parts.try_into().unwrap_or_else(|p: Vec<Tensor>| panic!("split into {} parts, not 2", p.len()))
+}
+
 /// How queries may see keys in one attention call.
 pub(crate) enum AttentionMask {
     /// Query i sees keys 0..=i (a batch that starts at position 0 with no padding before real
@@ -250,12 +255,12 @@ impl Attention {
     ) -> Tensor {
         let (b, l, _) = x.size3().expect("attention input is [B, L, hidden]");
         let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        // [B, L, nq + 2 nkv, D] -> [B, nq + 2 nkv, L, D]; q and k rotate together.
+        // [B, L, nq + 2 nkv, D] -> [B, nq + 2 nkv, L, D]; q and k rotate together. `split`
+        // rather than `narrow`: its backward is one concatenation, not a zero-filled buffer per
+        // part.
         let qkv = self.qkv_proj.forward(x).view([b, l, nq + 2 * nkv, d]).transpose(1, 2);
-        let qk = apply_rotary(&qkv.narrow(1, 0, nq + nkv), cos, sin);
-        let q = qk.narrow(1, 0, nq);
-        let k = qk.narrow(1, nq, nkv);
-        let v = qkv.narrow(1, nq + nkv, nkv);
+        let [qk, v] = two(qkv.split_with_sizes([nq + nkv, nkv], 1));
+        let [q, k] = two(apply_rotary(&qk, cos, sin).split_with_sizes([nq, nkv], 1));
         let (k, v) = match cache {
             Some((kv, start)) => {
                 kv.keys.narrow(2, start, l).copy_(&k);
@@ -301,10 +306,9 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let gate_up = self.gate_up_proj.forward(x);
-        let last = gate_up.dim() as i64 - 1;
         let i = self.intermediate;
-        self.down_proj.forward(&(gate_up.narrow(last, 0, i).silu() * gate_up.narrow(last, i, i)))
+        let [gate, up] = two(self.gate_up_proj.forward(x).split_with_sizes([i, i], -1));
+        self.down_proj.forward(&(gate.silu() * up))
     }
 }
 
