@@ -426,18 +426,45 @@ def bench_config(name, args, work):
     rows = []
     for batch in args.batches:
         P, N = args.prompt_len, args.new_tokens
-        gen = transformers_generate(model, batch, P, N, args.repeats, args.device, args.seed)
-        train = transformers_train(model, batch, P, N, args.repeats, args.device, args.seed)
+        # This machine's speed drifts over seconds (shared cores), so each point is measured in
+        # --rounds alternating rounds (theirs, ours, ours, theirs, ...) and each side reports its
+        # median round: a slow spell then hits both sides alike.
+        gens, trains, ours_runs, errors = [], [], [], []
+        for r in range(args.rounds):
+            def theirs():
+                gens.append(transformers_generate(model, batch, P, N, args.repeats, args.device, args.seed))
+                trains.append(transformers_train(model, batch, P, N, args.repeats, args.device, args.seed))
+
+            def ours():
+                if args.transformers_only:
+                    return
+                try:
+                    ours_runs.append(ours_bench(path, batch, P, N, args))
+                except (RuntimeError, json.JSONDecodeError) as e:
+                    errors.append(str(e))
+                    print(f"bench: ours failed at {name} batch {batch}: {e}", file=sys.stderr)
+
+            for side in ((theirs, ours) if r % 2 == 0 else (ours, theirs)):
+                side()
+        gen = median_by(gens, lambda g: g["tokens_per_s"])
+        train = median_by(trains, lambda t: t["tokens_per_s"])
         row = {"config": name, "batch": batch, "prompt_len": P, "new_tokens": N,
                "params": counts["params"], "counts": counts,
                "transformers": {"generate": gen, "train": train},
+               "rounds": {
+                   "transformers_generate": [g["tokens_per_s"] for g in gens],
+                   "transformers_train": [t["tokens_per_s"] for t in trains],
+                   "ours_generate": [o.get("generate_tokens_per_s") for o in ours_runs],
+                   "ours_train": [o.get("train_tokens_per_s") for o in ours_runs],
+               },
                "attn_implementation": model.config._attn_implementation}
-        if not args.transformers_only:
-            try:
-                row["ours"] = ours_bench(path, batch, P, N, args)
-            except (RuntimeError, json.JSONDecodeError) as e:
-                row["ours_error"] = str(e)
-                print(f"bench: ours failed at {name} batch {batch}: {e}", file=sys.stderr)
+        if ours_runs:
+            row["ours"] = dict(ours_runs[0])
+            row["ours"]["generate_tokens_per_s"] = statistics.median(row["rounds"]["ours_generate"])
+            if all(row["rounds"]["ours_train"]):
+                row["ours"]["train_tokens_per_s"] = statistics.median(row["rounds"]["ours_train"])
+        if errors:
+            row["ours_error"] = errors[0]
         o = row.get("ours") or {}
         f_gen, f_train = flops_generate(counts, batch, P, N), flops_train(counts, batch, P, N)
 
@@ -461,6 +488,12 @@ def bench_config(name, args, work):
     return rows
 
 
+def median_by(runs, key):
+    """The run whose key is the median (the upper one for an even count)."""
+    ordered = sorted(runs, key=key)
+    return ordered[len(ordered) // 2]
+
+
 def parse_args():
     parser = argparse.ArgumentParser(
         description="policy vs transformers: generation and training tokens/s, side by side")
@@ -469,7 +502,9 @@ def parse_args():
     parser.add_argument("--batches", type=ints, default=None, help="default 1,8,64")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=None, help="default 64 (16 with --quick)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per round (median)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds per point; each side reports its median round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="batches 1,8 and 16 new tokens")
@@ -539,6 +574,7 @@ def main():
         "prompt_len": args.prompt_len,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
+        "rounds": args.rounds,
         "seed": args.seed,
         "matmul_peak": peak,
         "rows": rows,
@@ -549,7 +585,8 @@ def main():
 
     print(f"policy vs transformers {transformers.__version__} (torch {torch.__version__}), "
           f"{args.device} {args.dtype}, {args.threads} threads, {cpu_model()}, "
-          f"P={args.prompt_len}, N={args.new_tokens}, median of {args.repeats}; "
+          f"P={args.prompt_len}, N={args.new_tokens}, median of {args.repeats} runs in each "
+          f"of {args.rounds} alternating rounds, median round; "
           "ratios ours/transformers in tokens/s "
           "(above 1: we are faster)\n")
     print(markdown(rows, not args.transformers_only))
