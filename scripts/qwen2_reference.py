@@ -22,6 +22,10 @@ Subcommands (from the repository root, after `./dev setup`):
     .venv/bin/python scripts/qwen2_reference.py greedy --model DIR --input-ids 1,2,3 \\
         --max-new-tokens N
         Prints the N new token ids of greedy decoding as a JSON list (end-of-sequence ignored).
+
+    .venv/bin/python scripts/qwen2_reference.py tokenize --model DIR --text TEXT
+        Encodes TEXT with DIR/tokenizer.json as PreTrainedTokenizerFast reads it; prints
+        `{"ids": [...], "decoded": "..."}`.
 """
 import argparse
 import copy
@@ -294,6 +298,16 @@ def cmd_greedy(args):
     print(json.dumps(greedy(model, ids, args.max_new_tokens)))
 
 
+def cmd_tokenize(args):
+    """Token ids of --text under DIR/tokenizer.json, as transformers' generic fast tokenizer
+    reads it (PreTrainedTokenizerFast), and whether decoding gives the text back."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(args.model, "tokenizer.json"))
+    ids = tokenizer.encode(args.text, add_special_tokens=False)
+    print(json.dumps({"ids": ids, "decoded": tokenizer.decode(ids)}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -311,6 +325,10 @@ def main():
     p.add_argument("--input-ids", required=True)
     p.add_argument("--max-new-tokens", type=int, required=True)
     p.set_defaults(func=cmd_greedy)
+    p = sub.add_parser("tokenize", help="token ids of a text under DIR/tokenizer.json, as JSON")
+    p.add_argument("--model", required=True)
+    p.add_argument("--text", required=True)
+    p.set_defaults(func=cmd_tokenize)
     args = parser.parse_args()
     # transformers' own warnings (weights it could not place, and so on) go to stderr.
     transformers.logging.set_verbosity_warning()

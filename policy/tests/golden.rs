@@ -161,6 +161,20 @@ fn transformers_loads_what_we_save() {
     .expect("json");
     assert_eq!(greedy(&model, &ids, 12), ids_of(&theirs), "greedy tokens of our saved model");
 
+    // transformers' generic fast tokenizer reads our tokenizer.json to the same ids and text.
+    let text = "What is 12*7?<tool_call>{\"x\": 1}</tool_call>\n<answer>84</answer><|endoftext|>";
+    let theirs: Value = serde_json::from_str(&reference(
+        &python,
+        &["tokenize", "--model", ours.to_str().expect("utf-8"), "--text", text],
+    ))
+    .expect("json");
+    assert_eq!(
+        ids_of(&theirs["ids"]),
+        tokenizer.encode(text).expect("encode"),
+        "token ids of {text:?}"
+    );
+    assert_eq!(theirs["decoded"], text);
+
     // Every golden checkpoint, loaded and saved again by us (one of them in shards), gives
     // transformers the logits it gave before.
     for (i, dir) in golden_dirs(&python).iter().enumerate() {
