@@ -24,8 +24,8 @@ Subcommands (from the repository root, after `./dev setup`):
         Prints the N new token ids of greedy decoding as a JSON list (end-of-sequence ignored).
 
     .venv/bin/python scripts/qwen2_reference.py tokenize --model DIR --text TEXT
-        Encodes TEXT with DIR/tokenizer.json as PreTrainedTokenizerFast reads it; prints
-        `{"ids": [...], "decoded": "..."}`.
+        Encodes TEXT with AutoTokenizer.from_pretrained(DIR); prints
+        `{"ids": [...], "decoded": "...", "class": "..."}`.
 """
 import argparse
 import copy
@@ -299,13 +299,14 @@ def cmd_greedy(args):
 
 
 def cmd_tokenize(args):
-    """Token ids of --text under DIR/tokenizer.json, as transformers' generic fast tokenizer
-    reads it (PreTrainedTokenizerFast), and whether decoding gives the text back."""
-    from transformers import PreTrainedTokenizerFast
+    """Token ids of --text with DIR's tokenizer as users load it (AutoTokenizer, which picks
+    the class from config.json's model type), and the decoded text."""
+    from transformers import AutoTokenizer
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(args.model, "tokenizer.json"))
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
     ids = tokenizer.encode(args.text, add_special_tokens=False)
-    print(json.dumps({"ids": ids, "decoded": tokenizer.decode(ids)}))
+    print(json.dumps({"ids": ids, "decoded": tokenizer.decode(ids),
+                      "class": type(tokenizer).__name__}))
 
 
 def main():

@@ -2,15 +2,18 @@
 //! `tokenizers` crate), and the builder of the small character-level tokenizer our synthetic
 //! tasks use.
 //!
-//! The synthetic tokenizer is a standard `tokenizer.json` (a BPE model with no merges, so every
-//! character is one token, plus whole-word tokens for the tool-call tags), so `transformers` and
-//! any other Hugging Face reader load it as they load Qwen's. What this module does not do: chat
+//! The synthetic tokenizer is a standard `tokenizer.json` in Qwen2's own form: byte-level BPE
+//! (GPT-2's byte-to-character map, so a space is stored as `Ġ` and a newline as `Ċ`) with no
+//! merges, so every character is one token, plus whole-word tokens for the tool-call tags.
+//! `transformers` opens it with `AutoTokenizer` as a `Qwen2Tokenizer`, which rebuilds a
+//! byte-level pipeline from the vocabulary, and gets the same ids. What this module does not do: chat
 //! templates or prompt formats (the `tasks` crate owns those).
 
 use std::path::Path;
 
+use tokenizers::AddedToken;
 use tokenizers::models::bpe::BPE;
-use tokenizers::{AddedToken, decoders::fuse::Fuse};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
 /// End of text in the synthetic tokenizer: the token that ends a sequence.
 pub const EOS_ID: i64 = 0;
@@ -63,8 +66,12 @@ impl Tokenizer {
     /// multi-character tokens such as a prompt prefix), in that order of ids.
     pub fn synthetic(extra_tokens: &[&str]) -> Result<Self, TokenizerError> {
         let mut words: Vec<String> = vec![EOS.into(), PAD.into(), UNK.into()];
-        words.extend((b' '..=b'~').map(|c| (c as char).to_string()));
-        words.push("\n".into());
+        // Byte-level BPE stores bytes as GPT-2's printable stand-ins: printable ASCII is itself,
+        // a space is U+0120 `Ġ`, a newline U+010A `Ċ` (256 + the byte's rank among the bytes
+        // that are not printable).
+        words.push("\u{120}".into());
+        words.extend((b'!'..=b'~').map(|c| (c as char).to_string()));
+        words.push("\u{10A}".into());
         words.extend(TOOL_TAGS.iter().map(|t| t.to_string()));
         for token in extra_tokens {
             if !words.iter().any(|w| w == token) {
@@ -79,7 +86,8 @@ impl Tokenizer {
             .build()
             .map_err(|e| TokenizerError(e.to_string()))?;
         let mut inner = tokenizers::Tokenizer::new(model);
-        inner.with_decoder(Some(Fuse::new()));
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, false)));
+        inner.with_decoder(Some(ByteLevel::default()));
         let special: Vec<AddedToken> =
             [EOS, PAD, UNK].iter().map(|t| AddedToken::from(*t, true)).collect();
         inner.add_special_tokens(&special);
@@ -153,7 +161,8 @@ mod tests {
     #[test]
     fn unknown_characters_become_unk_and_save_load_keeps_ids() {
         let tok = Tokenizer::synthetic(&[]).expect("build");
-        assert_eq!(tok.encode("é").expect("encode"), vec![UNK_ID]);
+        // Two UTF-8 bytes, neither in the vocabulary.
+        assert_eq!(tok.encode("é").expect("encode"), vec![UNK_ID, UNK_ID]);
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("tokenizer.json");
         tok.save(&path).expect("save");

@@ -161,7 +161,7 @@ fn transformers_loads_what_we_save() {
     .expect("json");
     assert_eq!(greedy(&model, &ids, 12), ids_of(&theirs), "greedy tokens of our saved model");
 
-    // transformers' generic fast tokenizer reads our tokenizer.json to the same ids and text.
+    // AutoTokenizer (a Qwen2Tokenizer, for a qwen2 config) gives the same ids and text.
     let text = "What is 12*7?<tool_call>{\"x\": 1}</tool_call>\n<answer>84</answer><|endoftext|>";
     let theirs: Value = serde_json::from_str(&reference(
         &python,
