@@ -1,7 +1,10 @@
 //! The paretopo tool-server: serves tools to actors over gRPC (`paretopo.v1.ToolServer`).
 //!
 //! Today it serves status, health, reflection and metrics, and checks `Call` requests; the
-//! calculator and search tools arrive with issue #5. It knows nothing of models or rewards.
+//! [`calculator`] is written and tested, serving it and `search` arrive with the rest of issue
+//! #5. It knows nothing of models or rewards.
+
+pub mod calculator;
 
 use std::sync::Arc;
 
