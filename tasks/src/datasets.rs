@@ -215,12 +215,15 @@ pub fn split(
         .partition(|e| stable_hash(seed, &e.id) >= threshold || eval_fraction <= 0.0)
 }
 
+/// Makes shard assignment independent of the train/eval split drawn with the same seed.
+const SHARD_SALT: u64 = 0x0053_4841_5244;
+
 /// The examples of shard `index` of `count` (one per actor); every example is in exactly one.
 pub fn shard(examples: &[Example], index: usize, count: usize, seed: u64) -> Vec<Example> {
     let count = count.max(1) as u64;
     examples
         .iter()
-        .filter(|e| stable_hash(seed ^ 0x5348_4152_44, &e.id) % count == index as u64)
+        .filter(|e| stable_hash(seed ^ SHARD_SALT, &e.id) % count == index as u64)
         .cloned()
         .collect()
 }
