@@ -9,4 +9,4 @@ pub mod datasets;
 pub mod format;
 pub mod objectives;
 
-pub use objectives::Objective;
+pub use objectives::{Budgets, Objective, RawMetrics, Termination, objective_vector};

@@ -1,4 +1,5 @@
-//! The objectives a trajectory is scored on (DESIGN.md §4): each in [0, 1], all maximised.
+//! The objectives a trajectory is scored on (DESIGN.md §4): each in [0, 1], all maximised, and
+//! the raw metrics and termination reason behind them.
 
 use std::str::FromStr;
 
@@ -51,9 +52,92 @@ pub fn budget_efficiency(used: u32, budget: u32) -> f64 {
     1.0 - f64::from(used.min(budget)) / f64::from(budget)
 }
 
+/// Why an episode ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    /// The policy gave a final answer.
+    Answered,
+    /// The policy stopped (end of sequence) without an answer.
+    NoAnswer,
+    /// The generated-token budget ran out.
+    TokenBudget,
+    /// The tool-call budget ran out.
+    ToolBudget,
+    /// The model's context was full.
+    ContextLimit,
+    /// The policy wrote a tool call or answer the parser could not read, and the episode ended
+    /// on it.
+    Malformed,
+    /// A tool call failed in a way the episode could not recover from.
+    ToolError,
+    /// The actor stopped the episode (shutdown).
+    Aborted,
+}
+
+/// The measurements behind an episode's objective vector (DESIGN.md §4).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawMetrics {
+    /// Correctness of the final answer in [0, 1] (1/0 for math; EM or token F1 for QA); 0
+    /// without an answer.
+    pub accuracy: f64,
+    /// Tool calls the policy made, malformed ones included.
+    pub tool_calls: u32,
+    /// Tokens the policy generated (tool output excluded).
+    pub generated_tokens: u32,
+    /// Why the episode ended.
+    pub termination: Termination,
+}
+
+/// The budgets the efficiency objectives are measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    /// Tool calls allowed per episode.
+    pub tool_calls: u32,
+    /// Generated tokens allowed per episode.
+    pub tokens: u32,
+}
+
+/// The objective vector of an episode, in the order of `objectives`, each in [0, 1] and
+/// maximised: `accuracy` (0 unless the episode ended with an answer), `tool_efficiency` and
+/// `token_efficiency` (`1 - min(used, budget) / budget`).
+pub fn objective_vector(objectives: &[Objective], raw: &RawMetrics, budgets: &Budgets) -> Vec<f64> {
+    objectives
+        .iter()
+        .map(|objective| match objective {
+            Objective::Accuracy if raw.termination == Termination::Answered => {
+                raw.accuracy.clamp(0.0, 1.0)
+            }
+            Objective::Accuracy => 0.0,
+            Objective::ToolEfficiency => budget_efficiency(raw.tool_calls, budgets.tool_calls),
+            Objective::TokenEfficiency => budget_efficiency(raw.generated_tokens, budgets.tokens),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objective_vectors_by_hand() {
+        let all = [Objective::Accuracy, Objective::ToolEfficiency, Objective::TokenEfficiency];
+        let budgets = Budgets { tool_calls: 4, tokens: 200 };
+        let answered = RawMetrics {
+            accuracy: 1.0,
+            tool_calls: 1,
+            generated_tokens: 50,
+            termination: Termination::Answered,
+        };
+        assert_eq!(objective_vector(&all, &answered, &budgets), vec![1.0, 0.75, 0.75]);
+        // No answer: accuracy 0 whatever was measured; efficiencies still count what was used.
+        let cut =
+            RawMetrics { termination: Termination::TokenBudget, generated_tokens: 200, ..answered };
+        assert_eq!(objective_vector(&all, &cut, &budgets), vec![0.0, 0.75, 0.0]);
+        // Any order and subset of objectives.
+        let two = [Objective::TokenEfficiency, Objective::Accuracy];
+        let partial = RawMetrics { accuracy: 0.4, ..answered };
+        assert_eq!(objective_vector(&two, &partial, &budgets), vec![0.75, 0.4]);
+    }
 
     #[test]
     fn names_round_trip_and_unknown_names_are_rejected() {
