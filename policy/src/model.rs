@@ -581,8 +581,8 @@ impl Qwen2 {
     }
 
     /// Appends `chunks[row]` to each row of `cache` and returns, for each row, the normed hidden
-    /// state of its last token ([B, hidden]; rows with an empty chunk get their previous last
-    /// token's slot, which callers ignore). Run it under `tch::no_grad`.
+    /// state of its last token ([B, hidden]; a row with an empty chunk gets the state of a
+    /// padding slot, which callers ignore). Run it under `tch::no_grad`.
     pub fn forward_chunk(&self, cache: &mut KvCache, chunks: &[&[i64]]) -> Tensor {
         let batch = cache.batch_size();
         assert_eq!(chunks.len(), batch, "one chunk per cached row");

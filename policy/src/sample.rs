@@ -243,13 +243,15 @@ fn finished(
         return Some(FinishReason::Eos);
     }
     let tokenizer = tokenizer?;
-    for stop in &params.stop_strings {
-        // A new occurrence ends in the last token, and every token is at least one byte, so it
-        // lies within the last `stop.len()` tokens.
-        let window = &turn.tokens[turn.tokens.len().saturating_sub(stop.len())..];
-        if tokenizer.decode(window).is_ok_and(|text| text.contains(stop.as_str())) {
-            return Some(FinishReason::StopString(stop.clone()));
-        }
-    }
-    None
+    // A new occurrence ends in the last token, and every token is at least one byte, so it lies
+    // within the last `stop.len()` tokens. One decode of the longest such window serves every
+    // stop string: an older occurrence inside it would have ended the turn when it appeared.
+    let longest = params.stop_strings.iter().map(String::len).max()?;
+    let window = &turn.tokens[turn.tokens.len().saturating_sub(longest)..];
+    let text = tokenizer.decode(window).ok()?;
+    params
+        .stop_strings
+        .iter()
+        .find(|stop| text.contains(stop.as_str()))
+        .map(|stop| FinishReason::StopString(stop.clone()))
 }

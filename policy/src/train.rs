@@ -57,6 +57,13 @@ pub struct TokenStats {
     pub entropy: Tensor,
 }
 
+impl TokenStats {
+    /// The same numbers, cut from the autograd graph.
+    pub fn detach(&self) -> TokenStats {
+        TokenStats { logprobs: self.logprobs.detach(), entropy: self.entropy.detach() }
+    }
+}
+
 /// Log-probs and entropy of `batch` under `model` at `temperature`, differentiable. The output
 /// head runs only at the masked positions, so prompts and tool responses cost no vocab-sized
 /// work.
@@ -107,9 +114,7 @@ pub fn backward(
         let stats = token_stats(model, batch, temperature);
         let loss = loss_fn(&stats);
         loss.backward();
-        let detached =
-            TokenStats { logprobs: stats.logprobs.detach(), entropy: stats.entropy.detach() };
-        return (loss.double_value(&[]), detached);
+        return (loss.double_value(&[]), stats.detach());
     }
     let (_, t) = batch.input_ids.size2().expect("input_ids is [B, T]");
     let (cos, sin) = model.rotary_prefix(t);
@@ -135,9 +140,7 @@ pub fn backward(
         grad = input.grad();
     }
     (model.embed(&batch.input_ids) * &grad).sum(Kind::Float).backward();
-    let detached =
-        TokenStats { logprobs: stats.logprobs.detach(), entropy: stats.entropy.detach() };
-    (loss.double_value(&[]), detached)
+    (loss.double_value(&[]), stats.detach())
 }
 
 /// Clears every parameter's gradient.

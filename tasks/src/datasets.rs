@@ -212,7 +212,8 @@ pub fn split(
     let threshold = (eval_fraction.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
     examples
         .into_iter()
-        .partition(|e| stable_hash(seed, &e.id) >= threshold || eval_fraction <= 0.0)
+        // A fraction of 0 gives threshold 0, which every hash meets: all train.
+        .partition(|e| stable_hash(seed, &e.id) >= threshold)
 }
 
 /// Makes shard assignment independent of the train/eval split drawn with the same seed.
