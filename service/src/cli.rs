@@ -175,7 +175,7 @@ async fn launch(
     started: Instant,
 ) -> anyhow::Result<Launch> {
     let section_key = section_name(role);
-    let section = config.role_section(role).clone();
+    let section = config.role_section(role);
     let grpc_listener = TcpListener::bind(section.listen)
         .await
         .with_context(|| format!("binding `{section_key}.listen` = {}", section.listen))?;

@@ -71,7 +71,7 @@ pub struct RunConfig {
     /// `[actor]`: each actor process.
     pub actor: RoleSection,
     /// `[tool_server]`: each tool-server process.
-    pub tool_server: RoleSection,
+    pub tool_server: ToolServerSection,
 }
 
 /// `[run]`.
@@ -128,7 +128,7 @@ impl Default for ModelSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskSection {
-    /// The task: `synthetic-math` (built in), or a data file in GSM8K or HotpotQA format.
+    /// The task: built in (`arith`, `kb-qa`), or a data file in GSM8K or HotpotQA format.
     pub name: String,
     /// The objectives, all maximised, in the order every objective vector uses (K >= 2).
     pub objectives: Vec<String>,
@@ -137,7 +137,7 @@ pub struct TaskSection {
 impl Default for TaskSection {
     fn default() -> Self {
         Self {
-            name: "synthetic-math".into(),
+            name: "arith".into(),
             objectives: vec![
                 "accuracy".into(),
                 "tool_efficiency".into(),
@@ -190,6 +190,94 @@ impl Default for RoleSection {
     }
 }
 
+/// `[tool_server]`: the keys every role has, and the tools' corpus and limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolServerSection {
+    /// The gRPC listen address (`--listen`). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The Prometheus metrics listen address (`--metrics-listen`); absent turns metrics off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The address peers should dial, when it differs from `listen` (NAT, Kubernetes).
+    pub advertised_address: Option<String>,
+    /// How long shutdown may wait for calls in flight, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// The `search` corpus, JSONL of `{"id", "title", "text"}`. Unset: the task's own corpus
+    /// (`kb-qa`'s generated passages, a HotpotQA file's contexts), or no `search` tool.
+    pub corpus: Option<PathBuf>,
+    /// Passages a search returns when the call does not say (`k`).
+    pub search_top_k: u32,
+    /// Calls that run at once; more wait in line, in arrival order, until their deadline.
+    pub max_concurrent_calls: u32,
+    /// The deadline of a call that names none, in milliseconds.
+    pub default_deadline_ms: u32,
+    /// The longest deadline a call may ask for, in milliseconds.
+    pub max_deadline_ms: u32,
+    /// The longest calculator expression, in bytes.
+    pub calculator_max_input_bytes: u32,
+    /// The deepest nesting of parentheses and unary minus in a calculator expression.
+    pub calculator_max_depth: u32,
+    /// The largest numerator or denominator of any intermediate calculator result, in bits.
+    pub calculator_max_result_bits: u32,
+}
+
+impl Default for ToolServerSection {
+    fn default() -> Self {
+        let role = RoleSection::default();
+        Self {
+            listen: role.listen,
+            metrics_listen: role.metrics_listen,
+            advertised_address: role.advertised_address,
+            drain_timeout_ms: role.drain_timeout_ms,
+            corpus: None,
+            search_top_k: 3,
+            max_concurrent_calls: 64,
+            default_deadline_ms: 5_000,
+            max_deadline_ms: 60_000,
+            calculator_max_input_bytes: 1024,
+            calculator_max_depth: 64,
+            calculator_max_result_bits: 4096,
+        }
+    }
+}
+
+impl ToolServerSection {
+    /// The keys every role has.
+    pub fn role(&self) -> RoleSection {
+        RoleSection {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            advertised_address: self.advertised_address.clone(),
+            drain_timeout_ms: self.drain_timeout_ms,
+        }
+    }
+
+    /// Checks values that parse but make no sense; returns the key (within the section) and why.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let positive = [
+            ("search_top_k", self.search_top_k),
+            ("max_concurrent_calls", self.max_concurrent_calls),
+            ("default_deadline_ms", self.default_deadline_ms),
+            ("calculator_max_input_bytes", self.calculator_max_input_bytes),
+            ("calculator_max_depth", self.calculator_max_depth),
+            ("calculator_max_result_bits", self.calculator_max_result_bits),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err((key, "must be at least 1".into()));
+        }
+        if self.default_deadline_ms > self.max_deadline_ms {
+            return Err((
+                "default_deadline_ms",
+                format!(
+                    "must not exceed max_deadline_ms ({}), got {}",
+                    self.max_deadline_ms, self.default_deadline_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl RunConfig {
     /// Reads `path` (or starts from the defaults when `None`), applies `overrides`
     /// (`section.key=value`, the value in TOML syntax, a bare word taken as a string), and checks
@@ -223,12 +311,12 @@ impl RunConfig {
     }
 
     /// The role section for `role`.
-    pub fn role_section(&self, role: crate::Role) -> &RoleSection {
+    pub fn role_section(&self, role: crate::Role) -> RoleSection {
         match role {
-            crate::Role::Coordinator => &self.coordinator,
-            crate::Role::Learner => &self.learner,
-            crate::Role::Actor => &self.actor,
-            crate::Role::ToolServer => &self.tool_server,
+            crate::Role::Coordinator => self.coordinator.clone(),
+            crate::Role::Learner => self.learner.clone(),
+            crate::Role::Actor => self.actor.clone(),
+            crate::Role::ToolServer => self.tool_server.role(),
         }
     }
 
@@ -255,6 +343,9 @@ impl RunConfig {
                 "algorithm.group_size",
                 format!("must be at least 2, got {}", self.algorithm.group_size),
             );
+        }
+        if let Err((key, message)) = self.tool_server.validate() {
+            return fail(&format!("tool_server.{key}"), message);
         }
         if self.algorithm.total_steps == 0 {
             return fail("algorithm.total_steps", "must be at least 1".into());
@@ -359,6 +450,30 @@ mod tests {
     fn invalid_values_name_the_key() {
         let msg = load_text("[task]\nobjectives = [\"accuracy\"]\n").expect_err("K=1").to_string();
         assert!(msg.contains("key `task.objectives`"), "{msg}");
+    }
+
+    #[test]
+    fn tool_server_keys_are_checked_and_shared_keys_reach_the_role() {
+        let config = load_text(
+            "[tool_server]\nlisten = \"127.0.0.1:7000\"\ncorpus = \"passages.jsonl\"\nsearch_top_k = 5\n",
+        )
+        .expect("valid");
+        assert_eq!(config.role_section(crate::Role::ToolServer).listen.port(), 7000);
+        assert_eq!(config.tool_server.corpus.as_deref(), Some(Path::new("passages.jsonl")));
+        let msg =
+            load_text("[tool_server]\nmax_concurrent_calls = 0\n").expect_err("0").to_string();
+        assert!(
+            msg.contains("key `tool_server.max_concurrent_calls`: must be at least 1"),
+            "{msg}"
+        );
+        let set = [
+            "tool_server.default_deadline_ms=9000".to_string(),
+            "tool_server.max_deadline_ms=100".into(),
+        ];
+        let msg = RunConfig::load(None, &set).expect_err("deadline").to_string();
+        assert!(msg.contains("key `tool_server.default_deadline_ms`"), "{msg}");
+        let msg = load_text("[tool_server]\nsearch_k = 1\n").expect_err("unknown").to_string();
+        assert!(msg.contains("unknown field `search_k`"), "{msg}");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! array (HotpotQA, DESIGN.md §10) and skipped, and the caller sees how many were skipped. What
 //! this module does not do: read files (callers pass the text) or build prompts.
 
+use std::collections::HashSet;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -17,8 +19,9 @@ pub enum AnswerKind {
     Text,
 }
 
-/// A passage of a search corpus.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A passage of a search corpus; one line of a corpus JSONL file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Passage {
     /// Unique within the corpus.
     pub id: String,
@@ -41,6 +44,9 @@ pub struct Example {
     pub kind: AnswerKind,
     /// Passages that belong to the question (HotpotQA's context); they go to the search corpus.
     pub context: Vec<Passage>,
+    /// The group it is reported under: the dataset (`gsm8k`, `hotpotqa`, `jsonl`), or a built-in
+    /// task's band (`arith`: `easy`, `medium`, `hard`; `kb-qa`: see [`crate::synthetic`]).
+    pub category: String,
 }
 
 /// A record that was skipped.
@@ -74,7 +80,7 @@ struct Gsm8kRecord {
 
 /// GSM8K JSONL: `{"question": ..., "answer": "...reasoning...\n#### 72"}` per line.
 pub fn load_gsm8k(text: &str) -> Loaded {
-    load_jsonl(text, |line| {
+    load_jsonl(text, "gsm8k", |line| {
         let record: Gsm8kRecord = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let (_, final_answer) =
             record.answer.rsplit_once("####").ok_or("the answer has no `#### final answer`")?;
@@ -97,7 +103,7 @@ struct GenericRecord {
 /// Generic JSONL: `{"prompt": ..., "answer": ...}` (optional `id`); a numeric answer (a JSON
 /// number, or a string that parses as one) is checked numerically, anything else as text.
 pub fn load_generic_jsonl(text: &str) -> Loaded {
-    load_jsonl(text, |line| {
+    load_jsonl(text, "jsonl", |line| {
         let record: GenericRecord = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let answer = match record.answer {
             Value::String(s) => s,
@@ -115,7 +121,11 @@ pub fn load_generic_jsonl(text: &str) -> Loaded {
 
 type Parsed = (String, String, AnswerKind, Option<String>);
 
-fn load_jsonl(text: &str, parse: impl Fn(&str) -> Result<Parsed, String>) -> Loaded {
+fn load_jsonl(
+    text: &str,
+    category: &str,
+    parse: impl Fn(&str) -> Result<Parsed, String>,
+) -> Loaded {
     let mut loaded = Loaded::default();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -128,6 +138,7 @@ fn load_jsonl(text: &str, parse: impl Fn(&str) -> Result<Parsed, String>) -> Loa
                 answer,
                 kind,
                 context: Vec::new(),
+                category: category.to_owned(),
             }),
             Err(reason) => loaded.skipped.push(BadRecord { position: i + 1, reason }),
         }
@@ -182,12 +193,62 @@ pub fn load_hotpotqa(text: &str) -> Result<Loaded, DatasetError> {
                     answer: r.answer,
                     kind: AnswerKind::Text,
                     context,
+                    category: "hotpotqa".into(),
                 });
             }
             Err(reason) => loaded.skipped.push(BadRecord { position: index, reason }),
         }
     }
     Ok(loaded)
+}
+
+/// What a corpus load produced.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LoadedCorpus {
+    /// The good passages, in file order.
+    pub passages: Vec<Passage>,
+    /// The bad lines (1-based), including repeated ids after the first.
+    pub skipped: Vec<BadRecord>,
+}
+
+/// A search corpus as JSONL: `{"id": ..., "title": ..., "text": ...}` per line.
+pub fn load_corpus(text: &str) -> LoadedCorpus {
+    let mut loaded = LoadedCorpus::default();
+    let mut ids = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed =
+            serde_json::from_str::<Passage>(line).map_err(|e| e.to_string()).and_then(|p| {
+                if ids.contains(&p.id) {
+                    Err(format!("id {:?} appeared on an earlier line", p.id))
+                } else {
+                    Ok(p)
+                }
+            });
+        match parsed {
+            Ok(p) => {
+                ids.insert(p.id.clone());
+                loaded.passages.push(p);
+            }
+            Err(reason) => loaded.skipped.push(BadRecord { position: i + 1, reason }),
+        }
+    }
+    loaded
+}
+
+/// The search corpus made of the examples' context passages (HotpotQA), each article once: a
+/// title seen again is the same paragraph, as HotpotQA questions share Wikipedia articles. The
+/// passage takes its title as id.
+pub fn corpus_of(examples: &[Example]) -> Vec<Passage> {
+    let mut titles = HashSet::new();
+    examples
+        .iter()
+        .flat_map(|e| &e.context)
+        .filter(|p| titles.insert(p.title.clone()))
+        .map(|p| Passage { id: p.title.clone(), ..p.clone() })
+        .collect()
 }
 
 /// A 64-bit mix of `seed` and `id` (SplitMix64 over FNV-1a), so an example's split and shard
@@ -282,6 +343,29 @@ not json
     }
 
     #[test]
+    fn corpus_jsonl_loads_and_reports_bad_and_repeated_lines() {
+        let text = "{\"id\": \"a\", \"title\": \"A\", \"text\": \"alpha\"}\n\n{\"id\": \"b\", \"title\": \"B\"}\n{\"id\": \"a\", \"title\": \"A2\", \"text\": \"again\"}\n{\"id\": \"c\", \"title\": \"C\", \"text\": \"gamma\", \"extra\": 1}\n{\"id\": \"d\", \"title\": \"D\", \"text\": \"delta\"}\n";
+        let loaded = load_corpus(text);
+        let ids: Vec<&str> = loaded.passages.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, vec!["a", "d"]);
+        let lines: Vec<usize> = loaded.skipped.iter().map(|b| b.position).collect();
+        assert_eq!(lines, vec![3, 4, 5], "{:?}", loaded.skipped);
+        assert!(loaded.skipped[1].reason.contains("earlier line"), "{:?}", loaded.skipped[1]);
+    }
+
+    #[test]
+    fn hotpotqa_contexts_become_a_corpus_with_each_article_once() {
+        let mut examples = load_hotpotqa(HOTPOT).expect("array").examples;
+        let mut second = examples[0].clone();
+        second.id = "second".into();
+        examples.push(second);
+        let corpus = corpus_of(&examples);
+        let titles: Vec<&str> = corpus.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(titles, vec!["Ed Wood", "Scott Derrickson"]);
+        assert!(corpus[0].text.starts_with("Edward Davis Wood Jr."));
+    }
+
+    #[test]
     fn generic_jsonl_picks_the_checker_from_the_answer() {
         let loaded = load_generic_jsonl(
             "{\"prompt\": \"2+2?\", \"answer\": 4}\n{\"prompt\": \"capital of France?\", \"answer\": \"Paris\", \"id\": \"fr\"}\n{\"prompt\": \"x\"}\n",
@@ -304,6 +388,7 @@ not json
                 answer: String::new(),
                 kind: AnswerKind::Text,
                 context: vec![],
+                category: String::new(),
             })
             .collect();
         let (train, eval) = split(examples.clone(), 0.2, 7);

@@ -168,10 +168,63 @@ fn parse_call(body: &str, tools: &[&str]) -> Result<ToolCall, FormatError> {
     Ok(ToolCall { name, arguments })
 }
 
-/// The text of a tool call as the model should write it.
+/// The text of a tool call as the model should write it: `name` first, then `arguments`, with
+/// the separators of Python's `json.dumps` (`", "` and `": "`), as Qwen2.5's chat template
+/// renders tool calls, so a pretrained Qwen model and our demonstrations write the same text.
 pub fn format_call(call: &ToolCall) -> String {
-    let body = serde_json::json!({ "name": call.name, "arguments": call.arguments });
-    format!("{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}")
+    let name = python_json(&Value::String(call.name.clone()));
+    let arguments = python_json(&Value::Object(call.arguments.clone()));
+    format!("{TOOL_CALL_OPEN}{{\"name\": {name}, \"arguments\": {arguments}}}{TOOL_CALL_CLOSE}")
+}
+
+/// `value` as Python's `json.dumps` writes it by default: `", "` between items, `": "` after
+/// keys, non-ASCII escaped. Object keys keep `serde_json`'s order (sorted).
+fn python_json(value: &Value) -> String {
+    struct PythonStyle;
+    impl serde_json::ser::Formatter for PythonStyle {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { writer.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { writer.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+        ) -> std::io::Result<()> {
+            writer.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonStyle);
+    // Serialising a `Value` into memory cannot fail.
+    let _ = serde::Serialize::serialize(value, &mut serializer);
+    let text = String::from_utf8(out).unwrap_or_default();
+    // json.dumps escapes non-ASCII as \uXXXX (UTF-16 units).
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            escaped.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                escaped.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    escaped
+}
+
+/// A search result as the policy reads it, one passage per line: `Title: text`.
+pub fn format_passage(title: &str, text: &str) -> String {
+    format!("{title}: {text}")
 }
 
 /// The text of a final answer.
@@ -206,6 +259,18 @@ mod tests {
 
     fn call(name: &str, args: Value) -> ToolCall {
         ToolCall { name: name.into(), arguments: args.as_object().expect("object").clone() }
+    }
+
+    #[test]
+    fn calls_escape_non_ascii_as_python_does() {
+        let mut arguments = Map::new();
+        arguments.insert("expression".into(), Value::String("½ + 😀".into()));
+        let text = format_call(&ToolCall { name: "calculator".into(), arguments });
+        // Python: json.dumps({"name": "calculator", "arguments": {"expression": "½ + 😀"}})
+        assert_eq!(
+            text,
+            r#"<tool_call>{"name": "calculator", "arguments": {"expression": "\u00bd + \ud83d\ude00"}}</tool_call>"#
+        );
     }
 
     #[test]
@@ -305,6 +370,18 @@ mod tests {
             let want = ToolCall { name: name.to_string(), arguments: args.into_iter().collect() };
             let text = format!("{prefix}{}", format_call(&want));
             prop_assert_eq!(parse_turn(&text, &TOOLS), TurnAction::Call(want));
+        }
+
+        #[test]
+        fn formatted_calls_are_what_python_json_dumps_writes(query in "[a-zA-Z0-9 \"\\\\]{0,20}") {
+            // json.dumps({"name": "search", "arguments": {"k": 1, "query": q}}) by hand: the
+            // string escapes of JSON, ASCII only.
+            let escaped = query.replace('\\', "\\\\").replace('"', "\\\"");
+            let want = format!("<tool_call>{{\"name\": \"search\", \"arguments\": {{\"k\": 1, \"query\": \"{escaped}\"}}}}</tool_call>");
+            let mut arguments = Map::new();
+            arguments.insert("query".into(), Value::String(query));
+            arguments.insert("k".into(), Value::from(1));
+            prop_assert_eq!(format_call(&ToolCall { name: "search".into(), arguments }), want);
         }
 
         #[test]

@@ -1,6 +1,7 @@
 //! The environment paretopo agents act in: the tool-call text format ([`format`]), answer
 //! checking ([`checking`]), datasets in the public GSM8K and HotpotQA formats ([`datasets`]) and
-//! the objectives; the built-in synthetic tasks arrive with the rest of issue #5.
+//! the objectives ([`objectives`]), and the built-in synthetic tasks `arith` and `kb-qa` with
+//! their warm-start demonstrations ([`synthetic`]).
 //!
 //! What it is not: no model, no gRPC; tool calls are executed by the tool-server.
 
@@ -8,5 +9,6 @@ pub mod checking;
 pub mod datasets;
 pub mod format;
 pub mod objectives;
+pub mod synthetic;
 
 pub use objectives::{Budgets, Objective, RawMetrics, Termination, objective_vector};

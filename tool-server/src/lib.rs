@@ -1,38 +1,159 @@
 //! The paretopo tool-server: serves tools to actors over gRPC (`paretopo.v1.ToolServer`).
 //!
-//! Today it serves the [`calculator`] (`ListTools`, `Call`), status, health, reflection and
-//! metrics; `search`, configurable limits and latency histograms arrive with the rest of issue
-//! #5. Calls beyond [`MAX_CONCURRENT_CALLS`] wait in line; each has a deadline; a tool's failure
-//! is a result the policy reads, never a gRPC error. It knows nothing of models or rewards.
+//! Two tools: the [`calculator`] (exact rational arithmetic) and, when a corpus is given,
+//! [`search`] (BM25 over passages). Calls beyond `max_concurrent_calls` wait in line; each call
+//! has a deadline that counts its wait; a tool's failure is a result the policy reads, never a
+//! gRPC error. Every call is counted and timed per tool ([`stats`]) for status and metrics.
+//!
+//! What it is not: it knows nothing of models, prompts or rewards.
 
 pub mod calculator;
+pub mod search;
+pub mod stats;
 
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use paretopo_proto::v1::tool_server_server::{ToolServer, ToolServerServer};
 use paretopo_proto::v1::{
     GetStatusRequest, ListToolsRequest, ListToolsResponse, ToolCallRequest, ToolCallResponse,
     ToolErrorKind, ToolServerStatus, ToolSpec, WatchStatusRequest,
 };
 use paretopo_service::cli::Launch;
+use paretopo_service::config::ToolServerSection;
 use paretopo_service::{Process, status};
+use tasks::datasets::Passage;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
-/// The longest deadline a caller may ask for, in milliseconds.
-pub const MAX_DEADLINE_MS: u32 = 60_000;
+use crate::search::SearchIndex;
+use crate::stats::CallStats;
 
-/// The deadline of a call that names none, in milliseconds.
-pub const DEFAULT_DEADLINE_MS: u32 = 5_000;
-
-/// Calls run at once; more wait in line (in arrival order) until one finishes or their deadline
-/// passes.
-pub const MAX_CONCURRENT_CALLS: usize = 64;
+/// The most passages one search may ask for (`k`).
+pub const MAX_SEARCH_K: u32 = 10;
 
 /// The calculator's JSON Schema: one `expression` string.
 const CALCULATOR_SCHEMA: &str = r#"{"type": "object", "properties": {"expression": {"type": "string", "description": "e.g. (12 + 3) * 7 / 2"}}, "required": ["expression"], "additionalProperties": false}"#;
+
+/// The search tool's JSON Schema: a `query` string and an optional passage count.
+const SEARCH_SCHEMA: &str = r#"{"type": "object", "properties": {"query": {"type": "string", "description": "words to look for, e.g. capital of Osterland"}, "k": {"type": "integer", "minimum": 1, "maximum": 10, "description": "passages to return"}}, "required": ["query"], "additionalProperties": false}"#;
+
+/// The tools and their settings, fixed at start.
+#[derive(Debug)]
+pub struct Toolbox {
+    calculator: calculator::Limits,
+    search: Option<SearchIndex>,
+    search_top_k: u32,
+    max_concurrent_calls: usize,
+    default_deadline: Duration,
+    max_deadline_ms: u32,
+}
+
+impl Toolbox {
+    /// The tools the `[tool_server]` section describes, with `search` over `corpus` if given.
+    pub fn new(
+        section: &ToolServerSection,
+        corpus: Option<&[Passage]>,
+    ) -> Result<Self, search::SearchError> {
+        let search = corpus.map(SearchIndex::build).transpose()?;
+        Ok(Toolbox {
+            calculator: calculator::Limits {
+                max_input_bytes: section.calculator_max_input_bytes as usize,
+                max_depth: section.calculator_max_depth as usize,
+                max_result_bits: section.calculator_max_result_bits.into(),
+            },
+            search,
+            search_top_k: section.search_top_k.min(MAX_SEARCH_K),
+            max_concurrent_calls: section.max_concurrent_calls as usize,
+            default_deadline: Duration::from_millis(section.default_deadline_ms.into()),
+            max_deadline_ms: section.max_deadline_ms,
+        })
+    }
+
+    /// The tools on offer, sorted by name.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        let mut specs = vec![ToolSpec {
+            name: "calculator".into(),
+            description:
+                "Exact arithmetic on integers, decimals and fractions: + - * / ^ % and parentheses."
+                    .into(),
+            arguments_schema: CALCULATOR_SCHEMA.into(),
+            cost_per_call: 1.0,
+        }];
+        if self.search.is_some() {
+            specs.push(ToolSpec {
+                name: "search".into(),
+                description:
+                    "Ranked passages (BM25) from the corpus, one per line as `Title: text`.".into(),
+                arguments_schema: SEARCH_SCHEMA.into(),
+                cost_per_call: 1.0,
+            });
+        }
+        specs
+    }
+
+    /// Checks a tool's arguments and returns the work to run, or the message the policy reads.
+    fn prepare(&self, tool: &str, arguments_json: &str) -> Result<Work, (String, ToolErrorKind)> {
+        let bad = |message: String| (format!("error: {message}"), ToolErrorKind::BadArguments);
+        let offered = tool == "calculator" || (tool == "search" && self.search.is_some());
+        if !offered {
+            let known = self.specs().into_iter().map(|t| t.name).collect::<Vec<_>>();
+            return Err((
+                format!("error: unknown tool {tool:?} (available: {})", known.join(", ")),
+                ToolErrorKind::UnknownTool,
+            ));
+        }
+        let arguments: serde_json::Value = serde_json::from_str(arguments_json)
+            .map_err(|e| bad(format!("arguments are not JSON ({e})")))?;
+        let string = |key: &str| match arguments.get(key) {
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(bad(format!("\"{key}\" must be a string"))),
+            None => Err(bad(format!("missing \"{key}\""))),
+        };
+        if tool == "calculator" {
+            return Ok(Work::Calculate(string("expression")?));
+        }
+        let k = match arguments.get("k") {
+            None => self.search_top_k,
+            Some(v) => match v.as_u64() {
+                Some(k @ 1..=10) => k as u32,
+                _ => return Err(bad(format!("\"k\" must be an integer from 1 to {MAX_SEARCH_K}"))),
+            },
+        };
+        Ok(Work::Search(string("query")?, k as usize))
+    }
+
+    /// Runs checked work to its output text (blocking: call it on the blocking pool).
+    fn run(&self, work: Work) -> (String, ToolErrorKind) {
+        match work {
+            Work::Calculate(expression) => {
+                match calculator::evaluate(&expression, &self.calculator) {
+                    Ok(value) => (calculator::format(&value), ToolErrorKind::Unspecified),
+                    Err(e) => (format!("error: {e}"), ToolErrorKind::Execution),
+                }
+            }
+            Work::Search(query, k) => {
+                let Some(index) = &self.search else {
+                    return ("error: no search corpus".into(), ToolErrorKind::Execution);
+                };
+                match index.search(&query, k) {
+                    Ok(hits) => (search::format_hits(&hits), ToolErrorKind::Unspecified),
+                    Err(e) => (format!("error: {e}"), ToolErrorKind::Execution),
+                }
+            }
+        }
+    }
+}
+
+/// A checked call, ready to run.
+#[derive(Debug)]
+enum Work {
+    Calculate(String),
+    Search(String, usize),
+}
 
 /// The `ToolServer` gRPC service.
 #[derive(Debug, Clone)]
@@ -41,37 +162,46 @@ pub struct ToolService {
     state: Arc<State>,
 }
 
-/// What calls share: the line, the limits and the counts.
+/// What calls share: the tools, the line, the counts.
 #[derive(Debug)]
 struct State {
-    permits: tokio::sync::Semaphore,
-    limits: calculator::Limits,
-    calls_total: AtomicU64,
-    call_errors_total: AtomicU64,
+    toolbox: Toolbox,
+    permits: Arc<tokio::sync::Semaphore>,
+    stats: Arc<CallStats>,
     calls_in_flight: AtomicU32,
+    calls_queued: AtomicU32,
 }
 
 impl ToolService {
-    /// A service for `process` with the default limits.
-    pub fn new(process: Arc<Process>) -> Self {
+    /// A service for `process` serving `toolbox`.
+    pub fn new(process: Arc<Process>, toolbox: Toolbox) -> Self {
+        let names: Vec<String> = toolbox.specs().into_iter().map(|t| t.name).collect();
         let state = State {
-            permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS),
-            limits: calculator::Limits::default(),
-            calls_total: AtomicU64::new(0),
-            call_errors_total: AtomicU64::new(0),
+            permits: Arc::new(tokio::sync::Semaphore::new(toolbox.max_concurrent_calls)),
+            stats: Arc::new(CallStats::new(names.iter().map(String::as_str))),
+            toolbox,
             calls_in_flight: AtomicU32::new(0),
+            calls_queued: AtomicU32::new(0),
         };
         ToolService { process, state: Arc::new(state) }
     }
 
+    /// The counts and latencies, to register with the metrics endpoint.
+    pub fn stats(&self) -> Arc<CallStats> {
+        self.state.stats.clone()
+    }
+
     fn snapshot(&self) -> ToolServerStatus {
+        let (calls_total, call_errors_total) = self.state.stats.totals();
         ToolServerStatus {
             process: Some(self.process.info()),
-            tools: tool_specs().into_iter().map(|t| t.name).collect(),
-            calls_total: self.state.calls_total.load(Ordering::Relaxed),
-            call_errors_total: self.state.call_errors_total.load(Ordering::Relaxed),
+            tools: self.state.toolbox.specs().into_iter().map(|t| t.name).collect(),
+            calls_total,
+            call_errors_total,
             calls_in_flight: self.state.calls_in_flight.load(Ordering::Relaxed),
-            corpus_documents: 0,
+            corpus_documents: self.state.toolbox.search.as_ref().map_or(0, SearchIndex::documents),
+            per_tool: self.state.stats.snapshot(),
+            calls_queued: self.state.calls_queued.load(Ordering::Relaxed),
         }
     }
 
@@ -79,45 +209,39 @@ impl ToolService {
     /// the blocking pool so a slow evaluation never stalls the server's other work.
     async fn run_call(&self, request: &ToolCallRequest, deadline: Duration) -> ToolCallResponse {
         let started = Instant::now();
-        let (output, error) = if request.tool != "calculator" {
-            let known = tool_specs().into_iter().map(|t| t.name).collect::<Vec<_>>().join(", ");
-            (
-                format!("unknown tool {:?} (available: {known})", request.tool),
-                ToolErrorKind::UnknownTool,
-            )
-        } else {
-            match calculator_expression(&request.arguments_json) {
-                Err(message) => (message, ToolErrorKind::BadArguments),
-                Ok(expression) => self.evaluate(expression, deadline).await,
-            }
-        };
-        if error != ToolErrorKind::Unspecified {
-            self.state.call_errors_total.fetch_add(1, Ordering::Relaxed);
-        }
-        self.state.calls_total.fetch_add(1, Ordering::Relaxed);
+        let (output, error) =
+            match self.state.toolbox.prepare(&request.tool, &request.arguments_json) {
+                Err(failure) => failure,
+                Ok(work) => self.execute(work, deadline).await,
+            };
+        let latency = started.elapsed();
+        self.state.stats.record(&request.tool, error, latency);
         ToolCallResponse {
             output,
             error: error as i32,
             cost: 1.0,
-            latency_us: started.elapsed().as_micros().try_into().unwrap_or(u64::MAX),
+            latency_us: latency.as_micros().try_into().unwrap_or(u64::MAX),
         }
     }
 
-    async fn evaluate(&self, expression: String, deadline: Duration) -> (String, ToolErrorKind) {
+    async fn execute(&self, work: Work, deadline: Duration) -> (String, ToolErrorKind) {
         let state = self.state.clone();
-        let work = async move {
-            let _permit = state.permits.acquire().await.ok()?;
-            state.calls_in_flight.fetch_add(1, Ordering::Relaxed);
-            let limits = state.limits;
-            let result =
-                tokio::task::spawn_blocking(move || calculator::evaluate(&expression, &limits))
-                    .await;
-            state.calls_in_flight.fetch_sub(1, Ordering::Relaxed);
-            result.ok()
+        let queued = Gauge::up(&self.state.calls_queued);
+        let run = async move {
+            let permit = state.permits.clone().acquire_owned().await.ok()?;
+            drop(queued);
+            let worker = state.clone();
+            // The place in line is held until the work ends, even when the caller's deadline
+            // passes first: the blocking pool cannot cancel it, and the line must count it.
+            let work = tokio::task::spawn_blocking(move || {
+                let _in_flight = Gauge::up(&worker.calls_in_flight);
+                let _permit = permit;
+                worker.toolbox.run(work)
+            });
+            work.await.ok()
         };
-        match tokio::time::timeout(deadline, work).await {
-            Ok(Some(Ok(value))) => (calculator::format(&value), ToolErrorKind::Unspecified),
-            Ok(Some(Err(e))) => (format!("error: {e}"), ToolErrorKind::Execution),
+        match tokio::time::timeout(deadline, run).await {
+            Ok(Some(result)) => result,
             Ok(None) => {
                 ("error: the tool-server is shutting down".into(), ToolErrorKind::Execution)
             }
@@ -129,37 +253,30 @@ impl ToolService {
     }
 }
 
-/// The tools on offer, sorted by name.
-fn tool_specs() -> Vec<ToolSpec> {
-    vec![ToolSpec {
-        name: "calculator".into(),
-        description:
-            "Exact arithmetic on integers, decimals and fractions: + - * / ^ % and parentheses."
-                .into(),
-        arguments_schema: CALCULATOR_SCHEMA.into(),
-        cost_per_call: 1.0,
-    }]
-}
+/// Adds one to a gauge until dropped (a call waiting in line, a call running).
+struct Gauge<'a>(&'a AtomicU32);
 
-/// The `expression` of calculator arguments, or the message the policy reads.
-fn calculator_expression(arguments_json: &str) -> Result<String, String> {
-    let value: serde_json::Value = serde_json::from_str(arguments_json)
-        .map_err(|e| format!("error: arguments are not JSON ({e})"))?;
-    match value.get("expression") {
-        Some(serde_json::Value::String(e)) => Ok(e.clone()),
-        Some(_) => Err("error: \"expression\" must be a string".into()),
-        None => Err("error: missing \"expression\"".into()),
+impl<'a> Gauge<'a> {
+    fn up(counter: &'a AtomicU32) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Gauge(counter)
     }
 }
 
-/// Checks a call request; the error names the field.
-fn check_call(request: &ToolCallRequest) -> Result<(), Status> {
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Checks a call request against `max_deadline_ms`; the error names the field.
+fn check_call(request: &ToolCallRequest, max_deadline_ms: u32) -> Result<(), Status> {
     if request.tool.trim().is_empty() {
         return Err(Status::invalid_argument("tool: must name a tool"));
     }
-    if request.deadline_ms > MAX_DEADLINE_MS {
+    if request.deadline_ms > max_deadline_ms {
         return Err(Status::invalid_argument(format!(
-            "deadline_ms: must be at most {MAX_DEADLINE_MS}, got {}",
+            "deadline_ms: must be at most {max_deadline_ms}, got {}",
             request.deadline_ms
         )));
     }
@@ -172,7 +289,7 @@ impl ToolServer for ToolService {
         &self,
         _: Request<ListToolsRequest>,
     ) -> Result<Response<ListToolsResponse>, Status> {
-        Ok(Response::new(ListToolsResponse { tools: tool_specs() }))
+        Ok(Response::new(ListToolsResponse { tools: self.state.toolbox.specs() }))
     }
 
     async fn call(
@@ -180,9 +297,13 @@ impl ToolServer for ToolService {
         request: Request<ToolCallRequest>,
     ) -> Result<Response<ToolCallResponse>, Status> {
         let request = request.into_inner();
-        check_call(&request)?;
-        let ms = if request.deadline_ms == 0 { DEFAULT_DEADLINE_MS } else { request.deadline_ms };
-        Ok(Response::new(self.run_call(&request, Duration::from_millis(ms.into())).await))
+        let toolbox = &self.state.toolbox;
+        check_call(&request, toolbox.max_deadline_ms)?;
+        let deadline = match request.deadline_ms {
+            0 => toolbox.default_deadline,
+            ms => Duration::from_millis(ms.into()),
+        };
+        Ok(Response::new(self.run_call(&request, deadline).await))
     }
 
     async fn get_status(
@@ -203,9 +324,53 @@ impl ToolServer for ToolService {
     }
 }
 
+/// Reads a corpus JSONL file; bad lines are logged with their number and skipped. A file with
+/// no good passage is an error.
+pub fn read_corpus(path: &Path) -> anyhow::Result<Vec<Passage>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("search corpus {}: cannot read", path.display()))?;
+    let loaded = tasks::datasets::load_corpus(&text);
+    for bad in loaded.skipped.iter().take(20) {
+        tracing::warn!(corpus = %path.display(), line = bad.position, reason = %bad.reason, "skipped a corpus line");
+    }
+    if !loaded.skipped.is_empty() {
+        tracing::warn!(corpus = %path.display(), skipped = loaded.skipped.len(), "skipped bad corpus lines");
+    }
+    anyhow::ensure!(
+        !loaded.passages.is_empty(),
+        "search corpus {}: no valid passage ({} lines skipped)",
+        path.display(),
+        loaded.skipped.len()
+    );
+    Ok(loaded.passages)
+}
+
 /// Serves the tool-server until shutdown.
-pub async fn run(launch: Launch) -> anyhow::Result<()> {
-    let service = ToolService::new(launch.process.clone());
+pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
+    let section = launch.config.tool_server.clone();
+    let corpus = match &section.corpus {
+        Some(path) => Some(read_corpus(path)?),
+        // A built-in task with a corpus brings its own, generated from the run's seed.
+        None if launch.config.task.name == tasks::synthetic::kbqa::NAME => {
+            let task =
+                tasks::synthetic::generate(&launch.config.task.name, launch.config.run.seed)?;
+            Some(task.corpus)
+        }
+        None => None,
+    };
+    let started = Instant::now();
+    let toolbox = tokio::task::spawn_blocking(move || Toolbox::new(&section, corpus.as_deref()))
+        .await
+        .context("building the search index")??;
+    if let Some(index) = &toolbox.search {
+        tracing::info!(
+            passages = index.documents(),
+            seconds = started.elapsed().as_secs_f64(),
+            "search index built"
+        );
+    }
+    let service = ToolService::new(launch.process.clone(), toolbox);
+    launch.metrics.registry_mut().register_collector(Box::new(service.stats()));
     launch.serve(Routes::new(ToolServerServer::new(service))).await
 }
 
@@ -217,17 +382,21 @@ mod tests {
     fn call_requests_are_checked_field_by_field() {
         let ok =
             ToolCallRequest { tool: "calculator".into(), deadline_ms: 100, ..Default::default() };
-        assert!(check_call(&ok).is_ok());
+        assert!(check_call(&ok, 60_000).is_ok());
         let no_tool = ToolCallRequest { tool: " ".into(), ..ok.clone() };
-        let err = check_call(&no_tool).expect_err("empty tool");
+        let err = check_call(&no_tool, 60_000).expect_err("empty tool");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().starts_with("tool:"));
-        let late = ToolCallRequest { deadline_ms: MAX_DEADLINE_MS + 1, ..ok };
-        let err = check_call(&late).expect_err("deadline");
+        let late = ToolCallRequest { deadline_ms: 60_001, ..ok };
+        let err = check_call(&late, 60_000).expect_err("deadline");
         assert!(err.message().starts_with("deadline_ms:"), "{}", err.message());
     }
 
     async fn service() -> ToolService {
+        service_with(&ToolServerSection::default(), None).await
+    }
+
+    async fn service_with(section: &ToolServerSection, corpus: Option<&[Passage]>) -> ToolService {
         let setup = paretopo_service::process::ProcessSetup {
             role: paretopo_service::Role::ToolServer,
             run_name: "test".into(),
@@ -237,7 +406,8 @@ mod tests {
             advertised_address: None,
             drain_timeout: Duration::from_secs(1),
         };
-        ToolService::new(Arc::new(Process::new(setup, Instant::now()).await))
+        let toolbox = Toolbox::new(section, corpus).expect("toolbox");
+        ToolService::new(Arc::new(Process::new(setup, Instant::now()).await), toolbox)
     }
 
     async fn call(service: &ToolService, tool: &str, arguments: &str) -> ToolCallResponse {
@@ -270,6 +440,124 @@ mod tests {
         let schema: serde_json::Value =
             serde_json::from_str(&tools.tools[0].arguments_schema).expect("schema is JSON");
         assert_eq!(schema["required"][0], "expression");
+    }
+
+    fn passages() -> Vec<Passage> {
+        [
+            ("p0", "Vorn", "Vorn is a river in Osterland."),
+            ("p1", "Osterland", "Its capital is Malbrook."),
+        ]
+        .into_iter()
+        .map(|(id, title, text)| Passage { id: id.into(), title: title.into(), text: text.into() })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn search_is_offered_only_with_a_corpus_and_checks_its_arguments() {
+        let without = service().await;
+        let missing = call(&without, "search", r#"{"query": "x"}"#).await;
+        assert_eq!(missing.error(), ToolErrorKind::UnknownTool);
+        assert_eq!(missing.output, "error: unknown tool \"search\" (available: calculator)");
+
+        let corpus = passages();
+        let service = service_with(&ToolServerSection::default(), Some(&corpus)).await;
+        let hit = call(&service, "search", r#"{"query": "capital of Osterland", "k": 1}"#).await;
+        assert_eq!(
+            (hit.output.as_str(), hit.error()),
+            ("Osterland: Its capital is Malbrook.", ToolErrorKind::Unspecified)
+        );
+        let both = call(&service, "search", r#"{"query": "Osterland"}"#).await;
+        assert_eq!(both.output.lines().count(), 2, "{}", both.output);
+        let none = call(&service, "search", r#"{"query": "zebra"}"#).await;
+        assert_eq!(none.output, "no results");
+        for bad in [
+            r#"{"query": 3}"#,
+            r#"{"q": "x"}"#,
+            r#"{"query": "x", "k": 0}"#,
+            r#"{"query": "x", "k": 11}"#,
+            "[1",
+        ] {
+            let response = call(&service, "search", bad).await;
+            assert_eq!(response.error(), ToolErrorKind::BadArguments, "{bad}: {}", response.output);
+        }
+        let status = service.snapshot();
+        assert_eq!(status.corpus_documents, 2);
+        assert_eq!(status.tools, vec!["calculator", "search"]);
+        let search = status.per_tool.iter().find(|t| t.tool == "search").expect("search stats");
+        assert_eq!((search.calls_total, search.errors_total), (8, 5));
+        assert!(search.latency_p50_ms > 0.0 && search.latency_p99_ms >= search.latency_p50_ms);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_wait_in_line_and_time_out_by_their_deadline() {
+        let section = ToolServerSection { max_concurrent_calls: 1, ..Default::default() };
+        let service = service_with(&section, None).await;
+        // Take the only place in line, as a long call would.
+        let held = service.state.permits.clone().acquire_owned().await.expect("permit");
+        let waiting = {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let request = ToolCallRequest {
+                    tool: "calculator".into(),
+                    arguments_json: r#"{"expression": "1+1"}"#.into(),
+                    deadline_ms: 200,
+                    ..Default::default()
+                };
+                service.call(Request::new(request)).await.expect("result").into_inner()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!((service.snapshot().calls_queued, service.snapshot().calls_in_flight), (1, 0));
+        let timed_out = waiting.await.expect("task");
+        assert_eq!(timed_out.error(), ToolErrorKind::Timeout, "{}", timed_out.output);
+        assert_eq!(timed_out.output, "error: no result within 200 ms");
+        assert_eq!(service.snapshot().calls_queued, 0);
+        drop(held);
+        let after = call(&service, "calculator", r#"{"expression": "1+1"}"#).await;
+        assert_eq!(after.output, "2");
+        let status = service.snapshot();
+        let calculator = status.per_tool.iter().find(|t| t.tool == "calculator").expect("stats");
+        assert_eq!((calculator.calls_total, calculator.timeouts_total), (2, 1));
+        assert!(calculator.latency_p99_ms >= 200.0, "{calculator:?}");
+    }
+
+    #[tokio::test]
+    async fn configured_limits_reach_the_calculator() {
+        let section = ToolServerSection { calculator_max_input_bytes: 8, ..Default::default() };
+        let service = service_with(&section, None).await;
+        assert_eq!(call(&service, "calculator", r#"{"expression": "1+2+3+4"}"#).await.output, "10");
+        let long = call(&service, "calculator", r#"{"expression": "1+2+3+4+5"}"#).await;
+        assert_eq!(long.error(), ToolErrorKind::Execution);
+        assert!(long.output.contains("too long"), "{}", long.output);
+    }
+
+    /// A demonstration is a trajectory the actor could have produced: each of its tool calls,
+    /// run by this server's tools, returns exactly the response the demonstration shows.
+    #[test]
+    fn demonstrations_show_what_the_tools_answer() {
+        use tasks::format::{TurnAction, format_response, parse_turn};
+        for (name, seed) in [("arith", 1), ("kb-qa", 1), ("kb-qa", 2), ("kb-qa", 3)] {
+            let task = tasks::synthetic::generate(name, seed).expect("task");
+            let corpus = (!task.corpus.is_empty()).then_some(task.corpus.as_slice());
+            let toolbox = Toolbox::new(&ToolServerSection::default(), corpus).expect("toolbox");
+            let mut calls = 0;
+            for demo in &task.demonstrations {
+                for pair in demo.segments.windows(2) {
+                    let TurnAction::Call(call) =
+                        parse_turn(&pair[0].text, &["calculator", "search"])
+                    else {
+                        continue;
+                    };
+                    let arguments = serde_json::Value::Object(call.arguments).to_string();
+                    let work = toolbox.prepare(&call.name, &arguments).expect("valid call");
+                    let (output, error) = toolbox.run(work);
+                    assert_eq!(error, ToolErrorKind::Unspecified, "{output}");
+                    assert_eq!(format_response(&output), pair[1].text, "{name} seed {seed}");
+                    calls += 1;
+                }
+            }
+            assert!(calls > 10, "{name}: {calls} calls checked");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
