@@ -208,7 +208,9 @@ pub struct ToolServerSection {
     /// Passages a search returns when the call does not say (`k`).
     pub search_top_k: u32,
     /// Calls that run at once; more wait in line, in arrival order, until their deadline.
-    pub max_concurrent_calls: u32,
+    /// Unset: one per CPU core, as the tools are CPU-bound and more at once only lengthen
+    /// every call.
+    pub max_concurrent_calls: Option<u32>,
     /// The deadline of a call that names none, in milliseconds.
     pub default_deadline_ms: u32,
     /// The longest deadline a call may ask for, in milliseconds.
@@ -231,7 +233,7 @@ impl Default for ToolServerSection {
             drain_timeout_ms: role.drain_timeout_ms,
             corpus: None,
             search_top_k: 3,
-            max_concurrent_calls: 64,
+            max_concurrent_calls: None,
             default_deadline_ms: 5_000,
             max_deadline_ms: 60_000,
             calculator_max_input_bytes: 1024,
@@ -256,7 +258,7 @@ impl ToolServerSection {
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let positive = [
             ("search_top_k", self.search_top_k),
-            ("max_concurrent_calls", self.max_concurrent_calls),
+            ("max_concurrent_calls", self.max_concurrent_calls.unwrap_or(1)),
             ("default_deadline_ms", self.default_deadline_ms),
             ("calculator_max_input_bytes", self.calculator_max_input_bytes),
             ("calculator_max_depth", self.calculator_max_depth),

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
@@ -69,9 +69,11 @@ pub async fn serve(
             process.begin_drain().await;
         }
     };
-    let server = Server::builder()
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain_signal);
+    // Small replies must leave at once: without TCP_NODELAY, Nagle's algorithm meets the peer's
+    // delayed ACK and holds some of them for 40 ms (seen as a 40 ms p99 under load).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server =
+        Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, drain_signal);
 
     process.mark_serving().await;
     let backstop = async {

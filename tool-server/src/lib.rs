@@ -67,7 +67,10 @@ impl Toolbox {
             },
             search,
             search_top_k: section.search_top_k.min(MAX_SEARCH_K),
-            max_concurrent_calls: section.max_concurrent_calls as usize,
+            max_concurrent_calls: section.max_concurrent_calls.map_or_else(
+                || std::thread::available_parallelism().map_or(1, usize::from),
+                |n| n as usize,
+            ),
             default_deadline: Duration::from_millis(section.default_deadline_ms.into()),
             max_deadline_ms: section.max_deadline_ms,
         })
@@ -490,7 +493,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn calls_wait_in_line_and_time_out_by_their_deadline() {
-        let section = ToolServerSection { max_concurrent_calls: 1, ..Default::default() };
+        let section = ToolServerSection { max_concurrent_calls: Some(1), ..Default::default() };
         let service = service_with(&section, None).await;
         // Take the only place in line, as a long call would.
         let held = service.state.permits.clone().acquire_owned().await.expect("permit");

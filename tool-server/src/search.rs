@@ -9,7 +9,7 @@
 
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
-use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
+use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TEXT};
 use tantivy::{Index, IndexReader, TantivyDocument, Term, doc};
 use tasks::datasets::Passage;
 
@@ -20,12 +20,18 @@ pub const MAX_QUERY_BYTES: usize = 1024;
 /// one query whatever the model writes.
 pub const MAX_QUERY_TERMS: usize = 32;
 
+/// The fast field holding a document's position in the passages.
+const ORD: &str = "ord";
+
 /// Why the index could not be built or searched.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
     /// Two passages share an id.
     #[error("passage id {0:?} appears more than once")]
     DuplicateId(String),
+    /// A hit has no passage: the index and the passages disagree (a bug).
+    #[error("search index: document {0} has no passage")]
+    Corrupt(u32),
     /// tantivy failed (out of memory, an internal error).
     #[error("search index: {0}")]
     Index(#[from] tantivy::TantivyError),
@@ -44,19 +50,22 @@ pub struct Hit {
     pub score: f32,
 }
 
-/// A searchable corpus.
+/// A searchable corpus. The index holds only postings and each passage's position in
+/// `passages` (a fast field); hits are read from `passages`, so no document store is decoded
+/// per query.
 pub struct SearchIndex {
     index: Index,
     reader: IndexReader,
-    id: Field,
     title: Field,
     text: Field,
-    documents: u64,
+    passages: Vec<Passage>,
 }
 
 impl std::fmt::Debug for SearchIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SearchIndex").field("documents", &self.documents).finish_non_exhaustive()
+        f.debug_struct("SearchIndex")
+            .field("documents", &self.passages.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,25 +77,25 @@ impl SearchIndex {
             return Err(SearchError::DuplicateId(p.id.clone()));
         }
         let mut schema = Schema::builder();
-        let id = schema.add_text_field("id", STRING | STORED);
-        let title = schema.add_text_field("title", TEXT | STORED);
-        let text = schema.add_text_field("text", TEXT | STORED);
+        let title = schema.add_text_field("title", TEXT);
+        let text = schema.add_text_field("text", TEXT);
+        let ord = schema.add_u64_field(ORD, FAST);
         let index = Index::create_in_ram(schema.build());
         // One indexing thread: the tool-server starts while actors and learners share the cores.
         let mut writer = index.writer_with_num_threads::<TantivyDocument>(1, 64 << 20)?;
-        for p in passages {
+        for (i, p) in passages.iter().enumerate() {
             writer.add_document(
-                doc!(id => p.id.as_str(), title => p.title.as_str(), text => p.text.as_str()),
+                doc!(title => p.title.as_str(), text => p.text.as_str(), ord => i as u64),
             )?;
         }
         writer.commit()?;
         let reader = index.reader()?;
-        Ok(SearchIndex { index, reader, id, title, text, documents: passages.len() as u64 })
+        Ok(SearchIndex { index, reader, title, text, passages: passages.to_vec() })
     }
 
     /// The number of passages.
     pub fn documents(&self) -> u64 {
-        self.documents
+        self.passages.len() as u64
     }
 
     /// The `k` best passages for `query`, best first; ties keep corpus order. A query with no
@@ -111,14 +120,15 @@ impl SearchIndex {
             .search(&BooleanQuery::new(clauses), &TopDocs::with_limit(k).order_by_score())?;
         top.into_iter()
             .map(|(score, address)| {
-                let document: TantivyDocument = searcher.doc(address)?;
-                let field = |f: Field| {
-                    document.get_first(f).and_then(|v| v.as_str()).unwrap_or_default().to_owned()
-                };
+                let ords = searcher.segment_reader(address.segment_ord).fast_fields().u64(ORD)?;
+                let passage = ords
+                    .first(address.doc_id)
+                    .and_then(|i| self.passages.get(i as usize))
+                    .ok_or(SearchError::Corrupt(address.doc_id))?;
                 Ok(Hit {
-                    id: field(self.id),
-                    title: field(self.title),
-                    text: field(self.text),
+                    id: passage.id.clone(),
+                    title: passage.title.clone(),
+                    text: passage.text.clone(),
                     score,
                 })
             })
