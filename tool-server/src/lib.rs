@@ -109,8 +109,15 @@ impl Toolbox {
                 ToolErrorKind::UnknownTool,
             ));
         }
-        let arguments: serde_json::Value = serde_json::from_str(arguments_json)
-            .map_err(|e| bad(format!("arguments are not JSON ({e})")))?;
+        let arguments: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(arguments_json)
+                .map_err(|e| bad(format!("arguments are not a JSON object ({e})")))?;
+        // The schemas say `additionalProperties: false`; a misspelt key is an error the model
+        // can read, not something silently ignored.
+        let allowed: &[&str] = if tool == "calculator" { &["expression"] } else { &["query", "k"] };
+        if let Some(key) = arguments.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(bad(format!("unknown argument {key:?} (expected {})", allowed.join(", "))));
+        }
         let string = |key: &str| match arguments.get(key) {
             Some(serde_json::Value::String(s)) => Ok(s.clone()),
             Some(_) => Err(bad(format!("\"{key}\" must be a string"))),
@@ -434,10 +441,15 @@ mod tests {
         );
         let bad = call(&service, "calculator", r#"{"expr": "1"}"#).await;
         assert_eq!(bad.error(), ToolErrorKind::BadArguments);
+        assert_eq!(bad.output, "error: unknown argument \"expr\" (expected expression)");
+        let missing = call(&service, "calculator", "{}").await;
+        assert_eq!(missing.output, "error: missing \"expression\"");
+        let not_object = call(&service, "calculator", r#"["1+1"]"#).await;
+        assert_eq!(not_object.error(), ToolErrorKind::BadArguments);
         let unknown = call(&service, "shell", "{}").await;
         assert_eq!(unknown.error(), ToolErrorKind::UnknownTool);
         let status = service.snapshot();
-        assert_eq!((status.calls_total, status.call_errors_total), (4, 3));
+        assert_eq!((status.calls_total, status.call_errors_total), (6, 5));
         let tools =
             service.list_tools(Request::new(ListToolsRequest {})).await.expect("list").into_inner();
         let schema: serde_json::Value =
