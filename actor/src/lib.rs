@@ -2,8 +2,10 @@
 //! streams trajectory groups to a learner. Its own gRPC service (`paretopo.v1.Actor`) only reports
 //! status; the actor is a client of the learner, the tool-servers and the coordinator.
 //!
-//! Today it resolves its compute device and serves status, health, reflection and metrics; the
-//! agent loop arrives with issue #6.
+//! Today it resolves its compute device and serves status, health, reflection and metrics, and
+//! [`episode`] holds the agent loop; streaming to the learner arrives with the rest of issue #6.
+
+pub mod episode;
 
 use std::sync::Arc;
 

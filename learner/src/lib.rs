@@ -1,8 +1,11 @@
 //! The paretopo learner: takes trajectory groups from actors, computes advantages, updates the
 //! policy, all-reduces gradients across ranks, and publishes weights (`paretopo.v1.Learner`).
 //!
-//! Today it resolves its compute device and serves status, health, reflection and metrics;
-//! trajectory intake, training and publication arrive with issue #6.
+//! Today it resolves its compute device and serves status, health, reflection and metrics, and
+//! [`loss`] holds the policy loss; trajectory intake, training and publication arrive with the
+//! rest of issue #6.
+
+pub mod loss;
 
 use std::sync::Arc;
 

@@ -182,6 +182,22 @@ impl<'m> Session<'m> {
         sampler: &mut Sampler,
         tokenizer: Option<&Tokenizer>,
     ) -> Vec<Turn> {
+        let limits = vec![params.max_new_tokens; rows.len()];
+        self.generate_limited(rows, &limits, params, sampler, tokenizer)
+    }
+
+    /// Like [`Session::generate`], with each row's own token limit (`limits[i]` for
+    /// `rows[i]`, in place of `params.max_new_tokens`): an agent's rows have different budgets
+    /// left, and a turn cut short by another row's budget would have to be resumed.
+    pub fn generate_limited(
+        &mut self,
+        rows: &[usize],
+        limits: &[usize],
+        params: &SamplingParams,
+        sampler: &mut Sampler,
+        tokenizer: Option<&Tokenizer>,
+    ) -> Vec<Turn> {
+        assert_eq!(rows.len(), limits.len(), "one limit per row");
         let _guard = tch::no_grad_guard();
         let batch = self.sequences.len();
         let mut turns: Vec<Turn> = rows
@@ -192,9 +208,9 @@ impl<'m> Session<'m> {
                 finish: FinishReason::Length,
             })
             .collect();
-        let mut active: Vec<bool> = vec![true; rows.len()];
+        let mut active: Vec<bool> = limits.iter().map(|&limit| limit > 0).collect();
         let max_positions = self.model.config().max_position_embeddings;
-        for _ in 0..params.max_new_tokens {
+        for _ in 0..limits.iter().copied().max().unwrap_or(0) {
             if !active.iter().any(|&a| a) {
                 break;
             }
@@ -224,6 +240,8 @@ impl<'m> Session<'m> {
                     active[i] = false;
                 } else if self.sequences[row].len() as i64 >= max_positions {
                     turn.finish = FinishReason::ContextFull;
+                    active[i] = false;
+                } else if turn.tokens.len() >= limits[i] {
                     active[i] = false;
                 }
             }
