@@ -1,0 +1,95 @@
+//! One rank's part of a learner step: from scored trajectories to this rank's gradient.
+//!
+//! Each trajectory becomes a row of a right-padded batch (prompt and completion), its loss mask
+//! the tokens the policy generated, its old log-probs the ones it was sampled with, and its
+//! advantage repeated on every generated token (spec §3 step 8). The loss is spec §4's
+//! ([`crate::loss`]) divided by the step's global token count, so the ranks' gradients summed
+//! (the all-reduce) are the gradient of one rank on the whole batch; the optimizer then steps on
+//! that sum. What this module does not do: compute advantages, or all-reduce.
+
+use policy::Qwen2;
+use policy::train::{self, TokenBatch};
+use tch::{Device, Kind, Tensor};
+
+use crate::loss::{LossConfig, LossInputs, LossStats, policy_loss};
+
+/// A trajectory as the learner trains on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Prompt and completion token ids.
+    pub tokens: Vec<i64>,
+    /// Per token, whether the policy generated it (false for the prompt and tool output).
+    pub generated: Vec<bool>,
+    /// Per token, the log-prob it was sampled with (read only where `generated`).
+    pub old_logprobs: Vec<f32>,
+    /// The trajectory's advantage.
+    pub advantage: f64,
+}
+
+impl Sample {
+    /// Tokens the policy generated.
+    pub fn generated_tokens(&self) -> usize {
+        self.generated.iter().filter(|g| **g).count()
+    }
+}
+
+/// What one rank's backward pass gives.
+#[derive(Debug)]
+pub struct LocalGradient {
+    /// All gradients as one flat buffer (`policy::train::flat_grads`), for the all-reduce.
+    pub flat: Tensor,
+    /// This rank's share of the loss (the ranks' shares add up to the step's loss).
+    pub loss: f64,
+    /// This rank's share of the loss statistics.
+    pub stats: LossStats,
+}
+
+/// Builds a `[B, T]` float tensor of per-token values, right-padded with 0.
+fn padded(rows: &[Vec<f32>], width: usize, device: Device) -> Tensor {
+    let mut flat = vec![0f32; rows.len() * width];
+    for (b, row) in rows.iter().enumerate() {
+        flat[b * width..b * width + row.len()].copy_from_slice(row);
+    }
+    Tensor::from_slice(&flat).view([rows.len() as i64, width as i64]).to_device(device)
+}
+
+/// This rank's gradient for `samples`, with the loss divided by `total_tokens`, the generated
+/// tokens of the whole step over all ranks. Gradients are zeroed first.
+pub fn local_gradient(
+    model: &Qwen2,
+    samples: &[Sample],
+    total_tokens: f64,
+    config: &LossConfig,
+    temperature: f64,
+    checkpointing: bool,
+) -> LocalGradient {
+    let device = model.device();
+    train::zero_grad(model.parameters());
+    let sequences: Vec<Vec<i64>> = samples.iter().map(|s| s.tokens.clone()).collect();
+    let masks: Vec<Vec<bool>> = samples.iter().map(|s| s.generated.clone()).collect();
+    let batch = TokenBatch::new(&sequences, &masks, device);
+    let width = sequences.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let old =
+        padded(&samples.iter().map(|s| s.old_logprobs.clone()).collect::<Vec<_>>(), width, device);
+    let advantages: Vec<Vec<f32>> = samples
+        .iter()
+        .map(|s| s.generated.iter().map(|&g| if g { s.advantage as f32 } else { 0.0 }).collect())
+        .collect();
+    let advantages = padded(&advantages, width, device);
+    let mut stats = None;
+    let (loss, _) = train::backward(model, &batch, temperature, checkpointing, |token_stats| {
+        let inputs = LossInputs {
+            logprobs: &token_stats.logprobs,
+            old_logprobs: &old,
+            advantages: &advantages,
+            mask: &batch.loss_mask,
+            ref_logprobs: None,
+            total_tokens,
+        };
+        let (loss, loss_stats) = policy_loss(&inputs, config);
+        stats = Some(loss_stats);
+        loss.to_kind(Kind::Float)
+    });
+    let stats = stats.unwrap_or(LossStats { clip_fraction: 0.0, approx_kl_old: 0.0, kl_ref: 0.0 });
+    LocalGradient { flat: train::flat_grads(model.parameters()), loss, stats }
+}
