@@ -9,8 +9,9 @@
 
 use policy::sample::{FinishReason, Sampler, SamplingParams, Session, Turn};
 use policy::tokenizer::{Tokenizer, TokenizerError};
+use tasks::datasets::Example;
 use tasks::format::{TurnAction, format_response, parse_turn};
-use tasks::{Budgets, Termination};
+use tasks::{Budgets, Objective, RawMetrics, Termination, TextMetric, accuracy, objective_vector};
 
 /// What the loop needs from a model: sample a turn for some rows, and take appended text.
 pub trait TurnModel {
@@ -183,6 +184,24 @@ pub fn run_episodes(
     Ok(trajectories)
 }
 
+/// A trajectory's raw metrics and objective vector (in the order of `objectives`) as the answer
+/// to `example`.
+pub fn score(
+    trajectory: &Trajectory,
+    example: &Example,
+    objectives: &[Objective],
+    budgets: &Budgets,
+    metric: TextMetric,
+) -> (Vec<f64>, RawMetrics) {
+    let raw = RawMetrics {
+        accuracy: accuracy(example, trajectory.answer.as_deref(), metric),
+        tool_calls: trajectory.tool_calls,
+        generated_tokens: trajectory.generated_tokens,
+        termination: trajectory.termination,
+    };
+    (objective_vector(objectives, &raw, budgets), raw)
+}
+
 /// What a finished turn leads to, counting its call.
 fn decide(trajectory: &mut Trajectory, action: TurnAction, budgets: &Budgets) -> Next {
     match action {
@@ -337,6 +356,27 @@ mod tests {
                 assert_eq!(*lp != 0.0, *g, "log-probs only on generated tokens");
             }
         }
+    }
+
+    #[test]
+    fn scores_follow_the_answer_and_the_budgets_used() {
+        let budgets = Budgets { tool_calls: 4, tokens: 1000 };
+        let (out, _, _) = run(&[&[CALL, "<answer>42</answer>"], &["<answer>41</answer>"]], budgets);
+        let example = Example {
+            id: "q".into(),
+            question: "What is 6*7?".into(),
+            answer: "42".into(),
+            kind: tasks::datasets::AnswerKind::Numeric,
+            context: Vec::new(),
+            category: String::new(),
+        };
+        let all = [Objective::Accuracy, Objective::ToolEfficiency, Objective::TokenEfficiency];
+        let (right, raw) = score(&out[0], &example, &all, &budgets, TextMetric::TokenF1);
+        let tokens = out[0].generated_tokens as f64;
+        assert_eq!(right, vec![1.0, 0.75, 1.0 - tokens / 1000.0]);
+        assert_eq!((raw.tool_calls, raw.termination), (1, Termination::Answered));
+        let (wrong, _) = score(&out[1], &example, &all, &budgets, TextMetric::TokenF1);
+        assert_eq!(wrong[..2], [0.0, 1.0]);
     }
 
     #[test]

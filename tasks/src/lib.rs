@@ -11,4 +11,6 @@ pub mod format;
 pub mod objectives;
 pub mod synthetic;
 
-pub use objectives::{Budgets, Objective, RawMetrics, Termination, objective_vector};
+pub use objectives::{
+    Budgets, Objective, RawMetrics, Termination, TextMetric, accuracy, objective_vector,
+};

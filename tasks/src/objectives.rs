@@ -114,9 +114,63 @@ pub fn objective_vector(objectives: &[Objective], raw: &RawMetrics, budgets: &Bu
         .collect()
 }
 
+/// How a text answer is scored (DESIGN.md §4: QA uses exact match or token F1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextMetric {
+    /// 1 when the normalised answers are equal, else 0.
+    ExactMatch,
+    /// The token F1 of the normalised answers.
+    TokenF1,
+}
+
+/// The accuracy of `answer` to `example` in [0, 1]: numeric equivalence (1 or 0) for numeric
+/// answers, `metric` for text answers; 0 without an answer.
+pub fn accuracy(
+    example: &crate::datasets::Example,
+    answer: Option<&str>,
+    metric: TextMetric,
+) -> f64 {
+    use crate::checking::{exact_match, numbers_equal, token_f1};
+    use crate::datasets::AnswerKind;
+    let Some(answer) = answer else { return 0.0 };
+    match (example.kind, metric) {
+        (AnswerKind::Numeric, _) => f64::from(u8::from(numbers_equal(answer, &example.answer))),
+        (AnswerKind::Text, TextMetric::ExactMatch) => {
+            f64::from(u8::from(exact_match(answer, &example.answer)))
+        }
+        (AnswerKind::Text, TextMetric::TokenF1) => token_f1(answer, &example.answer),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datasets::{AnswerKind, Example};
+
+    fn example(answer: &str, kind: AnswerKind) -> Example {
+        Example {
+            id: "e".into(),
+            question: "q".into(),
+            answer: answer.into(),
+            kind,
+            context: Vec::new(),
+            category: String::new(),
+        }
+    }
+
+    #[test]
+    fn accuracy_by_hand() {
+        let math = example("1234.5", AnswerKind::Numeric);
+        assert_eq!(accuracy(&math, Some("1,234.50"), TextMetric::TokenF1), 1.0);
+        assert_eq!(accuracy(&math, Some("2469/2"), TextMetric::ExactMatch), 1.0);
+        assert_eq!(accuracy(&math, Some("1234"), TextMetric::TokenF1), 0.0);
+        assert_eq!(accuracy(&math, None, TextMetric::TokenF1), 0.0);
+        let qa = example("the Grey Sea", AnswerKind::Text);
+        assert_eq!(accuracy(&qa, Some("Grey sea."), TextMetric::ExactMatch), 1.0);
+        assert_eq!(accuracy(&qa, Some("Grey Lake"), TextMetric::ExactMatch), 0.0);
+        // Tokens after normalisation: {grey, lake} against {grey, sea}: P = R = 1/2.
+        assert_eq!(accuracy(&qa, Some("Grey Lake"), TextMetric::TokenF1), 0.5);
+    }
 
     #[test]
     fn objective_vectors_by_hand() {
