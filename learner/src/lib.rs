@@ -2,9 +2,11 @@
 //! policy, all-reduces gradients across ranks, and publishes weights (`paretopo.v1.Learner`).
 //!
 //! Today it resolves its compute device and serves status, health, reflection and metrics, and
-//! [`loss`] and [`step`] compute the policy loss and one rank's gradient; trajectory intake, training and publication arrive with the
+//! [`loss`] and [`step`] compute the policy loss and one rank's gradient, and [`collective`]
+//! all-reduces it between CPU ranks over TCP; trajectory intake, training and publication arrive with the
 //! rest of issue #6.
 
+pub mod collective;
 pub mod loss;
 pub mod step;
 

@@ -102,3 +102,51 @@ fn two_ranks_on_halves_step_like_one_rank_on_the_whole_batch() {
         }
     }
 }
+
+/// The same, as it runs in processes: two ranks in their own threads, each with only its half,
+/// all-reduce the token count and the gradient over TCP and step on their own.
+#[test]
+fn ranks_joined_over_tcp_stay_identical() {
+    use learner::collective::TcpCollective;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let root = listener.local_addr().expect("addr");
+    let mut listener = Some(listener);
+    let handles: Vec<_> = (0..2)
+        .map(|rank| {
+            let listener = if rank == 0 { listener.take() } else { None };
+            std::thread::spawn(move || {
+                let timeout = std::time::Duration::from_secs(30);
+                let mut collective =
+                    TcpCollective::join(rank, 2, root, listener, timeout).expect("join");
+                let model = model();
+                let mut optimizer =
+                    AdamW::new(model.parameters(), AdamWConfig { lr: 1e-3, ..Default::default() });
+                let mut rng = ChaCha8Rng::seed_from_u64(9);
+                let mut history = Vec::new();
+                for _ in 0..3 {
+                    // Both draw the step's batch alike (as a shard of one data stream would)
+                    // and keep their half.
+                    let batch = samples(&model, &mut rng);
+                    let mine = if rank == 0 { &batch[..2] } else { &batch[2..] };
+                    let mut total =
+                        [mine.iter().map(Sample::generated_tokens).sum::<usize>() as f64];
+                    collective.all_reduce_sum(&mut total).expect("token count");
+                    let local =
+                        local_gradient(&model, mine, total[0], &LossConfig::default(), 1.0, false);
+                    let mut flat = Vec::<f32>::try_from(&local.flat).expect("f32");
+                    collective.all_reduce_sum(&mut flat).expect("gradients");
+                    optimizer.step_with(model.parameters(), &Tensor::from_slice(&flat));
+                    history.push(Vec::<f32>::try_from(parameters(&model)).expect("f32"));
+                }
+                history
+            })
+        })
+        .collect();
+    let histories: Vec<Vec<Vec<f32>>> =
+        handles.into_iter().map(|h| h.join().expect("rank thread")).collect();
+    for (step, (a, b)) in histories[0].iter().zip(&histories[1]).enumerate() {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "step {step}: the ranks' parameters differ");
+    }
+    assert_ne!(histories[0][0], histories[0][2], "the parameters moved");
+}

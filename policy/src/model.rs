@@ -473,8 +473,12 @@ impl Qwen2 {
 
     /// Fills the parameters with `transformers`' initialisation: normal(0, initializer_range)
     /// for projections and embeddings, zero biases, unit norms. The numbers are drawn on the CPU
-    /// from `seed`, so a seed gives the same model on every device.
+    /// from `seed`, so a seed gives the same model on every device. libtorch has one global
+    /// generator, so concurrent calls take turns: two threads initialising models at once
+    /// would otherwise interleave their draws and get models that no seed describes.
     pub fn init_random(&self, seed: i64) {
+        static GLOBAL_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = GLOBAL_GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         tch::manual_seed(seed);
         let std = self.config.initializer_range;
         let _guard = tch::no_grad_guard();
