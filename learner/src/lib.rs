@@ -3,12 +3,14 @@
 //!
 //! Today it resolves its compute device and serves status, health, reflection and metrics, and
 //! [`loss`] and [`step`] compute the policy loss and one rank's gradient, and [`collective`]
-//! all-reduces it between CPU ranks over TCP; trajectory intake, training and publication arrive with the
+//! all-reduces it between CPU ranks over TCP, and [`warm_start`] is the supervised start on
+//! demonstrations; trajectory intake, training and publication arrive with the
 //! rest of issue #6.
 
 pub mod collective;
 pub mod loss;
 pub mod step;
+pub mod warm_start;
 
 use std::sync::Arc;
 
