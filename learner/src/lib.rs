@@ -1,13 +1,16 @@
 //! The paretopo learner: takes trajectory groups from actors, computes advantages, updates the
 //! policy, all-reduces gradients across ranks, and publishes weights (`paretopo.v1.Learner`).
 //!
-//! Today it resolves its compute device and serves status, health, reflection and metrics, and
-//! [`loss`] and [`step`] compute the policy loss and one rank's gradient, and [`collective`]
-//! all-reduces it between CPU ranks over TCP, and [`warm_start`] is the supervised start on
-//! demonstrations; trajectory intake, training and publication arrive with the
-//! rest of issue #6.
+//! Built so far (issue #6 is in progress):
+//! - [`estimator`]: one group's advantages under `algorithm.method`;
+//! - [`loss`] and [`step`]: spec §4's loss and one rank's gradient;
+//! - [`collective`]: the all-reduce between CPU ranks over TCP;
+//! - [`warm_start`]: the supervised start on demonstrations;
+//! - the process: status, health, reflection and metrics. Trajectory intake, the training loop
+//!   and weight publication come next.
 
 pub mod collective;
+pub mod estimator;
 pub mod loss;
 pub mod step;
 pub mod warm_start;
