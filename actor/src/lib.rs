@@ -3,9 +3,11 @@
 //! status; the actor is a client of the learner, the tool-servers and the coordinator.
 //!
 //! Today it resolves its compute device and serves status, health, reflection and metrics, and
-//! [`episode`] holds the agent loop; streaming to the learner arrives with the rest of issue #6.
+//! [`episode`] holds the agent loop and [`tools`] its gRPC tool client; streaming to the learner
+//! arrives with the rest of issue #6.
 
 pub mod episode;
+pub mod tools;
 
 use std::sync::Arc;
 

@@ -89,3 +89,60 @@ fn a_missing_or_empty_corpus_stops_the_tool_server_at_start() {
     assert!(!output.status.success());
     assert!(stderr.contains("no valid passage (1 lines skipped)"), "{stderr}");
 }
+
+/// The actor's tool client against a real tool-server: a turn's calls run together, a server
+/// that starts late is found by the retries, and one that never comes answers an error text.
+#[test]
+fn the_actor_tool_client_retries_until_the_server_is_there() {
+    use actor::episode::{ToolRequest, ToolRunner};
+    use actor::tools::{GrpcTools, ToolClientConfig};
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let requests = vec![
+        ToolRequest {
+            tool: "calculator".into(),
+            arguments_json: r#"{"expression": "6*7"}"#.into(),
+        },
+        ToolRequest { tool: "calculator".into(), arguments_json: r#"{"expr": "1"}"#.into() },
+        ToolRequest { tool: "search".into(), arguments_json: r#"{"query": "x"}"#.into() },
+    ];
+
+    // A server that starts 300 ms after the calls are sent.
+    let addr = paretopo_tests::free_addr();
+    let config = ToolClientConfig {
+        attempts: 8,
+        first_backoff: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let mut tools = GrpcTools::new(runtime.handle().clone(), &format!("http://{addr}"), config)
+        .expect("client");
+    let starter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        std::process::Command::new(paretopo_tests::binary("tool-server"))
+            .args(["--listen", &addr.to_string()])
+            .env_remove("LD_LIBRARY_PATH")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tool-server")
+    });
+    let outputs = tools.run(&requests);
+    let mut server = starter.join().expect("starter");
+    assert_eq!(outputs[0], "42");
+    assert_eq!(outputs[1], "error: unknown argument \"expr\" (expected expression)");
+    assert_eq!(outputs[2], "error: unknown tool \"search\" (available: calculator)");
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // Nobody listens: after the retries, an error the policy reads, within a bounded time.
+    let config = ToolClientConfig {
+        attempts: 3,
+        first_backoff: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let nowhere = format!("http://{}", paretopo_tests::free_addr());
+    let mut tools = GrpcTools::new(runtime.handle().clone(), &nowhere, config).expect("client");
+    let started = std::time::Instant::now();
+    let outputs = tools.run(&requests[..1]);
+    assert!(outputs[0].starts_with("error: the tool-server is unreachable"), "{}", outputs[0]);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
