@@ -8,6 +8,7 @@
 
 pub mod episode;
 pub mod tools;
+pub mod wire;
 
 use std::sync::Arc;
 

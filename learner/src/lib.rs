@@ -2,6 +2,7 @@
 //! policy, all-reduces gradients across ranks, and publishes weights (`paretopo.v1.Learner`).
 //!
 //! Built so far (issue #6 is in progress):
+//! - [`intake`]: checking an actor's trajectory group, field by field;
 //! - [`estimator`]: one group's advantages under `algorithm.method`;
 //! - [`loss`] and [`step`]: spec §4's loss and one rank's gradient;
 //! - [`collective`]: the all-reduce between CPU ranks over TCP;
@@ -11,6 +12,7 @@
 
 pub mod collective;
 pub mod estimator;
+pub mod intake;
 pub mod loss;
 pub mod step;
 pub mod warm_start;
