@@ -204,20 +204,15 @@ pub fn score(
 
 /// What a finished turn leads to, counting its call.
 fn decide(trajectory: &mut Trajectory, action: TurnAction, budgets: &Budgets) -> Next {
+    let budget_spent = trajectory.tool_calls >= budgets.tool_calls;
     match action {
         TurnAction::Answer(answer) => {
             trajectory.answer = Some(answer);
             Next::Done(Termination::Answered)
         }
         TurnAction::Nothing => Next::Done(Termination::NoAnswer),
-        TurnAction::Call(_) | TurnAction::Malformed(_)
-            if trajectory.tool_calls >= budgets.tool_calls =>
-        {
-            match action {
-                TurnAction::Malformed(_) => Next::Done(Termination::Malformed),
-                _ => Next::Done(Termination::ToolBudget),
-            }
-        }
+        TurnAction::Call(_) if budget_spent => Next::Done(Termination::ToolBudget),
+        TurnAction::Malformed(_) if budget_spent => Next::Done(Termination::Malformed),
         TurnAction::Call(call) => {
             trajectory.tool_calls += 1;
             let arguments_json = serde_json::Value::Object(call.arguments).to_string();

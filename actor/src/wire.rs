@@ -39,6 +39,8 @@ pub fn to_proto(trajectory: &Trajectory, objectives: &[f64], raw: &RawMetrics) -
             tool_calls: raw.tool_calls,
             generated_tokens: raw.generated_tokens,
             termination: termination_reason(raw.termination) as i32,
+            // Both tools charge 1 per call (`ToolSpec.cost_per_call`) and the trajectory does
+            // not record charges, so this counts malformed attempts, which no server saw, too.
             tool_cost: f64::from(raw.tool_calls),
             wall_seconds: 0.0,
         }),

@@ -53,7 +53,7 @@ pub struct LossInputs<'a> {
 
 /// What the step's logs report about the loss (this rank's tokens, divided by `N_tok`, so the
 /// ranks' values add up).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct LossStats {
     /// The share of tokens whose ratio was clipped (the min picked the clipped term).
     pub clip_fraction: f64,

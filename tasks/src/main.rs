@@ -77,14 +77,21 @@ enum Format {
     Jsonl,
 }
 
-fn print_lines<T: serde::Serialize>(items: impl IntoIterator<Item = T>) -> anyhow::Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+/// Writes `items` to `out` as JSON lines.
+fn write_lines<T: serde::Serialize>(
+    out: impl Write,
+    items: impl IntoIterator<Item = T>,
+) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(out);
     for item in items {
         serde_json::to_writer(&mut out, &item)?;
         out.write_all(b"\n")?;
     }
-    out.flush().context("writing to stdout")
+    out.flush()
+}
+
+fn print_lines<T: serde::Serialize>(items: impl IntoIterator<Item = T>) -> anyhow::Result<()> {
+    write_lines(std::io::stdout().lock(), items).context("writing to stdout")
 }
 
 fn question_line(e: &datasets::Example) -> serde_json::Value {
@@ -124,15 +131,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             if let Some(path) = corpus_out {
                 let corpus = datasets::corpus_of(&loaded.examples);
-                let mut out = std::io::BufWriter::new(
-                    std::fs::File::create(&path)
-                        .with_context(|| format!("{}: cannot create", path.display()))?,
-                );
-                for passage in &corpus {
-                    serde_json::to_writer(&mut out, passage)?;
-                    out.write_all(b"\n")?;
-                }
-                out.flush().with_context(|| format!("{}: cannot write", path.display()))?;
+                let file = std::fs::File::create(&path)
+                    .with_context(|| format!("{}: cannot create", path.display()))?;
+                write_lines(file, &corpus)
+                    .with_context(|| format!("{}: cannot write", path.display()))?;
                 eprintln!("{}: {} passages", path.display(), corpus.len());
             }
             print_lines(loaded.examples.iter().map(question_line))

@@ -103,9 +103,12 @@ impl SearchIndex {
     pub fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>, SearchError> {
         let query = truncate(query, MAX_QUERY_BYTES);
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        // Title and text are both `TEXT` fields, indexed by the same tokenizer: cut the query
+        // once and look its words up in both.
+        let words = self.terms(self.text, query)?;
         for field in [self.title, self.text] {
-            for word in self.terms(field, query)? {
-                let term = Term::from_field_text(field, &word);
+            for word in &words {
+                let term = Term::from_field_text(field, word);
                 clauses.push((
                     Occur::Should,
                     Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs)),

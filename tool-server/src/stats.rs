@@ -31,6 +31,10 @@ const ERROR_KINDS: [(ToolErrorKind, &str); 4] = [
     (ToolErrorKind::Timeout, "timeout"),
 ];
 
+/// The position of `Timeout` in [`ERROR_KINDS`].
+const TIMEOUT: usize = 3;
+const _: () = assert!(matches!(ERROR_KINDS[TIMEOUT].0, ToolErrorKind::Timeout));
+
 /// One tool's counters.
 #[derive(Debug)]
 struct PerTool {
@@ -108,7 +112,7 @@ impl CallStats {
                     tool: t.name.clone(),
                     calls_total: t.calls.load(Ordering::Relaxed),
                     errors_total: errors.iter().sum(),
-                    timeouts_total: errors[3],
+                    timeouts_total: errors[TIMEOUT],
                     latency_p50_ms: 1e3 * quantile(&buckets, 0.5),
                     latency_p99_ms: 1e3 * quantile(&buckets, 0.99),
                 }
