@@ -5,55 +5,204 @@
 //! Architecture invariant: the coordinator never links libtorch, CUDA or NCCL; work that needs a
 //! model runs in learner and actor processes it starts (DESIGN.md §10).
 //!
-//! Today it serves status, health, reflection and metrics, checks registrations, and launches
-//! local runs; rendezvous and the weight loop arrive with issue #6.
+//! Modules: [`membership`] (registration, ranks, heartbeats, lost nodes), [`steering`] (the
+//! Stage-1 weights, the archive and the stage switch), [`run_files`] (`frontier.csv` and the
+//! plot), [`status_table`] (`coordinator status`), [`launcher`] (`coordinator run`). The gRPC
+//! service in this file holds their state behind one lock and streams weights to learners.
 
 pub mod launcher;
+pub mod membership;
+pub mod run_files;
+pub mod status_table;
+pub mod steering;
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use paretopo_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use paretopo_proto::v1::{
     CoordinatorStatus, GetRendezvousRequest, GetStatusRequest, HeartbeatRequest, HeartbeatResponse,
-    ObjectiveWeights, RegisterRequest, RegisterResponse, Rendezvous, ReportObjectivesRequest,
-    ReportObjectivesResponse, Role as ProtoRole, Stage, WatchStatusRequest, WatchWeightsRequest,
+    ObjectiveVector, ObjectiveWeights, ProcessState, RegisterRequest, RegisterResponse,
+    Rendezvous, ReportObjectivesRequest, ReportObjectivesResponse, Role as ProtoRole, Stage,
+    WatchStatusRequest, WatchWeightsRequest,
 };
 use paretopo_service::cli::Launch;
 use paretopo_service::{Process, RunConfig, status};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
+
+use crate::membership::Membership;
+use crate::run_files::PlotAxes;
+use crate::steering::Steering;
+
+/// The coordinator's mutable state, behind one lock: every handler holds it only to read or
+/// update plain values, never across an await.
+#[derive(Debug)]
+struct State {
+    membership: Membership,
+    steering: Steering,
+    /// The NCCL unique id learner rank 0 registered, relayed to the other learners.
+    nccl_unique_id: Vec<u8>,
+    latest_mean: Option<Vec<f64>>,
+    latest_metrics: HashMap<String, f64>,
+    /// Batch means in step order, for the plot's policy path.
+    mean_path: Vec<Vec<f64>>,
+    /// (when, trajectories) of recent reports, for trajectories per second.
+    recent: VecDeque<(Instant, u32)>,
+    sequence: u64,
+    computed_at_step: u64,
+}
 
 /// The `Coordinator` gRPC service.
 #[derive(Debug, Clone)]
 pub struct CoordinatorService {
     process: Arc<Process>,
-    nodes_expected: u32,
-    initial_weights: ObjectiveWeights,
+    objectives: Vec<String>,
+    total_steps: u64,
+    heartbeat_interval: Duration,
+    run_dir: PathBuf,
+    plot_axes: Option<PlotAxes>,
+    state: Arc<Mutex<State>>,
+    /// Fires (true) once the rendezvous is complete.
+    complete: watch::Sender<bool>,
+    weights: watch::Sender<ObjectiveWeights>,
 }
 
 impl CoordinatorService {
     /// A coordinator for `config`'s run, with uniform Stage-1 weights (spec §2).
-    pub fn new(process: Arc<Process>, config: &RunConfig) -> Self {
-        let k = config.task.objectives.len();
-        let initial_weights = ObjectiveWeights {
-            objectives: config.task.objectives.clone(),
-            weights: vec![1.0 / k as f64; k],
-            computed_at_step: 0,
-            stage: Stage::Scalarization as i32,
-            hypervolume: 0.0,
-            archive_size: 0,
-            sequence: 0,
+    pub fn new(process: Arc<Process>, config: &RunConfig) -> anyhow::Result<Self> {
+        let objectives = config.task.objectives.clone();
+        let steering = Steering::new(&config.algorithm, objectives.len())
+            .map_err(|e| anyhow::anyhow!("key `algorithm`: {e}"))?;
+        let position = |name: &str| objectives.iter().position(|o| o == name);
+        let plot_axes = match (position("accuracy"), position("tool_efficiency")) {
+            (Some(accuracy), Some(tool_efficiency)) => Some(PlotAxes {
+                accuracy,
+                tool_efficiency,
+                budget: f64::from(config.algorithm.tool_call_budget),
+            }),
+            _ => None,
         };
-        Self { process, nodes_expected: config.cluster.nodes, initial_weights }
+        let timeout = Duration::from_millis(config.cluster.heartbeat_timeout_ms.into());
+        let state = State {
+            membership: Membership::new(config.cluster.nodes, timeout),
+            steering,
+            nccl_unique_id: Vec::new(),
+            latest_mean: None,
+            latest_metrics: HashMap::new(),
+            mean_path: Vec::new(),
+            recent: VecDeque::new(),
+            sequence: 0,
+            computed_at_step: 0,
+        };
+        let initial = weights_message(&objectives, &state);
+        Ok(Self {
+            process,
+            objectives,
+            total_steps: config.algorithm.total_steps,
+            heartbeat_interval: Duration::from_millis(config.cluster.heartbeat_interval_ms.into()),
+            run_dir: config.run.dir.clone(),
+            plot_axes,
+            state: Arc::new(Mutex::new(state)),
+            complete: watch::Sender::new(false),
+            weights: watch::Sender::new(initial),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A handler that panicked mid-update left plain numbers behind; serving them beats
+        // taking the whole run down.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn snapshot(&self) -> CoordinatorStatus {
+        let state = self.lock();
+        let now = Instant::now();
+        let window = Duration::from_secs(60);
+        let recent: u32 = state
+            .recent
+            .iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= window)
+            .map(|(_, n)| n)
+            .sum();
+        let span = state
+            .recent
+            .front()
+            .map_or(0.0, |(t, _)| now.saturating_duration_since(*t).as_secs_f64().min(60.0));
         CoordinatorStatus {
             process: Some(self.process.info()),
-            nodes_expected: self.nodes_expected,
-            weights: Some(self.initial_weights.clone()),
-            ..Default::default()
+            nodes_expected: state.membership.expected(),
+            nodes_registered: state.membership.live(),
+            membership_epoch: state.membership.epoch(),
+            nodes: state.membership.statuses(now),
+            step: state.steering.last_step(),
+            weights: Some(weights_message(&self.objectives, &state)),
+            frontier: state
+                .steering
+                .frontier()
+                .into_iter()
+                .map(|values| ObjectiveVector { values })
+                .collect(),
+            latest_batch_mean: state.latest_mean.clone().map(|values| ObjectiveVector { values }),
+            trajectories_per_second: if span > 0.0 { f64::from(recent) / span } else { 0.0 },
+            stage_switch_step: state.steering.switch_step(),
+            latest_metrics: state.latest_metrics.clone(),
+            rendezvous_complete: state.membership.complete(),
+            total_steps: self.total_steps,
         }
+    }
+
+    /// Marks silent nodes lost, every half heartbeat interval, until shutdown.
+    async fn expire_loop(self) {
+        let mut ticker = tokio::time::interval(self.heartbeat_interval / 2);
+        let shutdown = self.process.shutdown().clone();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let lost = self.lock().membership.expire(Instant::now());
+            for id in &lost {
+                tracing::warn!(node = %id, "node lost: heartbeat timeout");
+            }
+            if !lost.is_empty() {
+                self.process.notify_status_changed();
+            }
+        }
+    }
+
+    fn write_files(&self, state: &State) {
+        let dir = &self.run_dir;
+        let result = std::fs::create_dir_all(dir)
+            .and_then(|()| run_files::write_frontier(dir, &self.objectives, &state.steering.frontier()))
+            .and_then(|()| match self.plot_axes {
+                Some(axes) => {
+                    run_files::write_plot(dir, axes, &state.steering.frontier(), &state.mean_path)
+                }
+                None => Ok(()),
+            });
+        if let Err(e) = result {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot write the frontier files");
+        }
+    }
+}
+
+/// The weights message for the state as it is.
+fn weights_message(objectives: &[String], state: &State) -> ObjectiveWeights {
+    let stage =
+        if state.steering.stage() >= 2 { Stage::ParetoRanking } else { Stage::Scalarization };
+    ObjectiveWeights {
+        objectives: objectives.to_vec(),
+        weights: state.steering.weights().to_vec(),
+        computed_at_step: state.computed_at_step,
+        stage: stage as i32,
+        hypervolume: state.steering.hypervolume(),
+        archive_size: state.steering.frontier().len() as u32,
+        sequence: state.sequence,
     }
 }
 
@@ -79,7 +228,7 @@ fn check_register(request: &RegisterRequest) -> Result<(), Status> {
     Ok(())
 }
 
-type WeightsStream = status::StatusStream<ObjectiveWeights>;
+type WeightsStream = ReceiverStream<Result<ObjectiveWeights, Status>>;
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
@@ -87,31 +236,139 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        check_register(request.get_ref())?;
-        Err(Status::unimplemented("Coordinator.Register: rendezvous arrives with issue #6"))
+        let request = request.into_inner();
+        check_register(&request)?;
+        let run_name = &self.process.info().run_name;
+        if !request.run_name.is_empty() && &request.run_name != run_name {
+            return Err(Status::failed_precondition(format!(
+                "run_name: this coordinator runs {run_name:?}, not {:?}",
+                request.run_name
+            )));
+        }
+        let role = ProtoRole::try_from(request.role).unwrap_or(ProtoRole::Unspecified);
+        let (id, epoch, complete) = {
+            let mut state = self.lock();
+            let id = state
+                .membership
+                .register(
+                    role,
+                    &request.advertised_address,
+                    &request.hostname,
+                    request.local_devices,
+                    &request.previous_node_id,
+                    Instant::now(),
+                )
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            if !request.nccl_unique_id.is_empty() && state.membership.is_rank_zero_learner(&id) {
+                state.nccl_unique_id = request.nccl_unique_id.clone();
+            }
+            (id, state.membership.epoch(), state.membership.complete())
+        };
+        tracing::info!(node = %id, role = role.as_str_name(), address = %request.advertised_address, "registered");
+        if complete {
+            self.complete.send_replace(true);
+        }
+        self.process.notify_status_changed();
+        Ok(Response::new(RegisterResponse {
+            node_id: id,
+            membership_epoch: epoch,
+            heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
+        }))
     }
 
     async fn heartbeat(
         &self,
-        _: Request<HeartbeatRequest>,
+        request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        Err(Status::unimplemented("Coordinator.Heartbeat: membership arrives with issue #6"))
+        let request = request.into_inner();
+        let state_reported =
+            ProcessState::try_from(request.state).unwrap_or(ProcessState::Unspecified);
+        let (known, epoch) = {
+            let mut state = self.lock();
+            let known = state.membership.heartbeat(
+                &request.node_id,
+                state_reported,
+                request.progress,
+                request.policy_version,
+                &request.last_error,
+                Instant::now(),
+            );
+            (known, state.membership.epoch())
+        };
+        Ok(Response::new(HeartbeatResponse { membership_epoch: epoch, reregister: !known }))
     }
 
     async fn get_rendezvous(
         &self,
-        _: Request<GetRendezvousRequest>,
+        request: Request<GetRendezvousRequest>,
     ) -> Result<Response<Rendezvous>, Status> {
-        Err(Status::unimplemented("Coordinator.GetRendezvous: rendezvous arrives with issue #6"))
+        let id = request.into_inner().node_id;
+        let mut complete = self.complete.subscribe();
+        let shutdown = self.process.shutdown().clone();
+        tokio::select! {
+            done = complete.wait_for(|c| *c) => {
+                done.map_err(|_| Status::unavailable("the coordinator is stopping"))?;
+            }
+            () = shutdown.cancelled() => return Err(Status::unavailable("the coordinator is stopping")),
+        }
+        let state = self.lock();
+        if !state.membership.nodes().iter().any(|n| n.id == id) {
+            return Err(Status::not_found(format!("node_id: {id:?} is not registered")));
+        }
+        Ok(Response::new(state.membership.rendezvous(&id, &state.nccl_unique_id)))
     }
 
     async fn report_objectives(
         &self,
-        _: Request<ReportObjectivesRequest>,
+        request: Request<ReportObjectivesRequest>,
     ) -> Result<Response<ReportObjectivesResponse>, Status> {
-        Err(Status::unimplemented(
-            "Coordinator.ReportObjectives: the weight loop arrives with issue #6",
-        ))
+        let request = request.into_inner();
+        let mean = request.batch_mean.map(|m| m.values).unwrap_or_default();
+        if mean.len() != self.objectives.len() {
+            return Err(Status::invalid_argument(format!(
+                "batch_mean: needs {} values, one per objective, got {}",
+                self.objectives.len(),
+                mean.len()
+            )));
+        }
+        if let Some(bad) = mean.iter().find(|v| !(v.is_finite() && (0.0..=1.0).contains(*v))) {
+            return Err(Status::invalid_argument(format!(
+                "batch_mean: every value must lie in [0, 1], got {bad}"
+            )));
+        }
+        if request.step == 0 {
+            return Err(Status::invalid_argument("step: steps count from 1"));
+        }
+        let message = {
+            let mut state = self.lock();
+            if !state.membership.is_rank_zero_learner(&request.node_id) {
+                return Err(Status::permission_denied(format!(
+                    "node_id: {:?} is not learner rank 0",
+                    request.node_id
+                )));
+            }
+            let before = state.steering.last_step();
+            let update = state.steering.report(request.step, &mean);
+            if request.step > before {
+                state.sequence += 1;
+                state.computed_at_step = request.step;
+                state.latest_mean = Some(mean.clone());
+                state.mean_path.push(mean);
+                state.latest_metrics = request.metrics.clone();
+                state.recent.push_back((Instant::now(), request.trajectories));
+                while state.recent.len() > 600 {
+                    state.recent.pop_front();
+                }
+                if update.switched {
+                    tracing::info!(step = request.step, hv = update.hypervolume, "stage 2 begins");
+                }
+                self.write_files(&state);
+            }
+            weights_message(&self.objectives, &state)
+        };
+        self.weights.send_replace(message.clone());
+        self.process.notify_status_changed();
+        Ok(Response::new(ReportObjectivesResponse { weights: Some(message) }))
     }
 
     type WatchWeightsStream = WeightsStream;
@@ -120,9 +377,22 @@ impl Coordinator for CoordinatorService {
         &self,
         _: Request<WatchWeightsRequest>,
     ) -> Result<Response<WeightsStream>, Status> {
-        Err(Status::unimplemented(
-            "Coordinator.WatchWeights: the weight loop arrives with issue #6",
-        ))
+        let (tx, rx) = mpsc::channel(4);
+        let mut weights = self.weights.subscribe();
+        let shutdown = self.process.shutdown().clone();
+        tokio::spawn(async move {
+            loop {
+                let current = weights.borrow_and_update().clone();
+                if tx.send(Ok(current)).await.is_err() {
+                    return; // the learner went away
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = weights.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn get_status(
@@ -145,7 +415,8 @@ impl Coordinator for CoordinatorService {
 
 /// Serves the coordinator until shutdown.
 pub async fn run(launch: Launch) -> anyhow::Result<()> {
-    let service = CoordinatorService::new(launch.process.clone(), &launch.config);
+    let service = CoordinatorService::new(launch.process.clone(), &launch.config)?;
+    tokio::spawn(service.clone().expire_loop());
     launch.serve(Routes::new(CoordinatorServer::new(service))).await
 }
 

@@ -84,11 +84,19 @@ pub struct RunSection {
     pub dir: PathBuf,
     /// Seed for every random choice of the run.
     pub seed: u64,
+    /// libtorch's intra-op threads in each learner and actor process (0 = libtorch's default).
+    /// A local run shares few cores between several processes; 1 each avoids oversubscription.
+    pub torch_threads: u32,
 }
 
 impl Default for RunSection {
     fn default() -> Self {
-        Self { name: "quickstart".into(), dir: PathBuf::from("runs/quickstart"), seed: 0 }
+        Self {
+            name: "quickstart".into(),
+            dir: PathBuf::from("runs/quickstart"),
+            seed: 0,
+            torch_threads: 1,
+        }
     }
 }
 
@@ -100,11 +108,24 @@ pub struct ClusterSection {
     pub coordinator_address: String,
     /// Worker processes (learners, actors, tool-servers) the coordinator waits for.
     pub nodes: u32,
+    /// How often a worker heartbeats, in milliseconds.
+    pub heartbeat_interval_ms: u32,
+    /// A worker silent for this long is marked lost, in milliseconds.
+    pub heartbeat_timeout_ms: u32,
+    /// Actors the local launcher (`coordinator run`) starts, beside one learner and one
+    /// tool-server; `nodes` must then be `local_actors + 2`.
+    pub local_actors: u32,
 }
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        Self { coordinator_address: "127.0.0.1:50051".into(), nodes: 3 }
+        Self {
+            coordinator_address: "127.0.0.1:50051".into(),
+            nodes: 4,
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 5000,
+            local_actors: 2,
+        }
     }
 }
 
@@ -147,21 +168,198 @@ impl Default for TaskSection {
     }
 }
 
-/// `[algorithm]`.
+/// `[algorithm]`: the estimator, the loop's sizes and every knob of spec §2-§5. Defaults are
+/// the spec's where it gives one, else the quickstart's (`../shared/quickstart-notes.md`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlgorithmSection {
-    /// The advantage estimator: `paretopo`, `grpo_accuracy`, `static:W`, `gdpo`, `otc_grpo`, ...
+    /// The advantage estimator: `paretopo`, `paretopo_stage1_only`, `paretopo_stage2_only`,
+    /// `grpo_accuracy`, `static:W`, `gdpo` or `otc_grpo` (spec §5).
     pub method: String,
     /// Trajectories sampled per prompt (G >= 2).
     pub group_size: u32,
     /// The run's planned number of learner steps (T).
     pub total_steps: u64,
+    /// Groups (prompts) in one learner step, over all learner ranks.
+    pub groups_per_step: u32,
+    /// Prompts an actor samples together in one batch (each G times).
+    pub actor_batch_prompts: u32,
+    /// The RL learning rate (AdamW, betas 0.9/0.999, weight decay 0.01).
+    pub learning_rate: f64,
+    /// Clip the global gradient norm to this.
+    pub max_grad_norm: f64,
+    /// `eps_low` of the clipped ratio (spec §4).
+    pub clip_low: f64,
+    /// `eps_high` of the clipped ratio (spec §4, DAPO's decoupled clip).
+    pub clip_high: f64,
+    /// `beta_kl`, the weight of the k3 KL term to the warm-start policy (0 = off).
+    pub kl_coef: f64,
+    /// The sampling temperature; the log-probs of the loss use the same one (spec §4).
+    pub temperature: f64,
+    /// Trajectories sampled by a policy more than this many versions old are dropped.
+    pub max_staleness: u64,
+    /// The learner publishes weights to the actors every this many steps.
+    pub sync_every: u64,
+    /// Tool calls allowed per episode (the `tool_efficiency` budget).
+    pub tool_call_budget: u32,
+    /// Generated tokens allowed per episode (the `token_efficiency` budget).
+    pub token_budget: u32,
+    /// Stage-2 dominance: `constrained` (accuracy as feasibility, spec §1) or `plain`.
+    pub dominance: String,
+    /// Accuracy that counts as correct (spec §1; 1.0 for math, 0.5 F1 for QA).
+    pub correct_threshold: f64,
+    /// `lambda_cd`, the crowding tie-break's weight in Stage 2 (0 <= lambda_cd < 1).
+    pub lambda_cd: f64,
+    /// Stage 2 without the division by the standard deviation (Dr. GRPO).
+    pub dr_grpo: bool,
+    /// Stage 1's weight floor `w_min` (needs K w_min < 1).
+    pub w_min: f64,
+    /// Stage 1's step towards the gain direction, `beta`.
+    pub weight_step: f64,
+    /// Stage 1's finite step `delta` for the gains.
+    pub gain_delta: f64,
+    /// Stage 1's EMA factor `mu` of the policy point.
+    pub ema: f64,
+    /// Stage 1's gain rule: `proportional` or `inverse` (spec §2).
+    pub gain_rule: String,
+    /// The hypervolume reference point, one value per objective (default -0.01 each).
+    pub hv_reference: Option<Vec<f64>>,
+    /// The global archive's cap.
+    pub archive_cap: u32,
+    /// Stage switch: the window W of the hypervolume test.
+    pub switch_window: u32,
+    /// Stage switch: the relative hypervolume gain below which Stage 1 has stalled.
+    pub switch_tau_rel: f64,
+    /// Stage switch: the earliest step (unset: ceil(0.2 T)).
+    pub switch_min_step: Option<u64>,
+    /// Stage switch: the latest step (unset: ceil(0.5 T)).
+    pub switch_max_step: Option<u64>,
+    /// Supervised warm-start steps on the task's demonstrations before RL (0 = none).
+    pub warm_start_steps: u32,
+    /// Demonstrations per warm-start step.
+    pub warm_start_batch: u32,
+    /// The warm start's peak learning rate (linear warm-up over 30 steps, then linear decay).
+    pub warm_start_lr: f64,
+    /// Write a checkpoint every this many learner steps (and always at the end and on stop).
+    pub checkpoint_every: u64,
+    /// Share of the task's questions held out for evaluation.
+    pub eval_fraction: f64,
+    /// Held-out questions evaluated before RL and at the end (0 = no evaluation).
+    pub eval_questions: u32,
 }
 
 impl Default for AlgorithmSection {
     fn default() -> Self {
-        Self { method: "paretopo".into(), group_size: 8, total_steps: 200 }
+        Self {
+            method: "paretopo".into(),
+            group_size: 8,
+            total_steps: 200,
+            groups_per_step: 8,
+            actor_batch_prompts: 4,
+            learning_rate: 3e-4,
+            max_grad_norm: 1.0,
+            clip_low: 0.2,
+            clip_high: 0.28,
+            kl_coef: 0.0,
+            temperature: 1.0,
+            max_staleness: 2,
+            sync_every: 1,
+            tool_call_budget: 3,
+            token_budget: 96,
+            dominance: "constrained".into(),
+            correct_threshold: 1.0,
+            lambda_cd: 0.1,
+            dr_grpo: false,
+            w_min: 0.05,
+            weight_step: 0.2,
+            gain_delta: 0.05,
+            ema: 0.9,
+            gain_rule: "proportional".into(),
+            hv_reference: None,
+            archive_cap: 256,
+            switch_window: 10,
+            switch_tau_rel: 0.01,
+            switch_min_step: None,
+            switch_max_step: None,
+            warm_start_steps: 300,
+            warm_start_batch: 32,
+            warm_start_lr: 3e-3,
+            checkpoint_every: 50,
+            eval_fraction: 0.1,
+            eval_questions: 200,
+        }
+    }
+}
+
+impl AlgorithmSection {
+    /// Checks values that parse but make no sense; returns the key (within the section) and why.
+    fn validate(&self, objectives: usize) -> Result<(), (&'static str, String)> {
+        let at_least_one = [
+            ("groups_per_step", u64::from(self.groups_per_step)),
+            ("actor_batch_prompts", u64::from(self.actor_batch_prompts)),
+            ("sync_every", self.sync_every),
+            ("tool_call_budget", u64::from(self.tool_call_budget)),
+            ("token_budget", u64::from(self.token_budget)),
+            ("archive_cap", u64::from(self.archive_cap)),
+            ("checkpoint_every", self.checkpoint_every),
+            ("warm_start_batch", u64::from(self.warm_start_batch)),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
+            return Err((key, "must be at least 1".into()));
+        }
+        let positive = [
+            ("learning_rate", self.learning_rate),
+            ("max_grad_norm", self.max_grad_norm),
+            ("temperature", self.temperature),
+            ("warm_start_lr", self.warm_start_lr),
+        ];
+        if let Some((key, v)) = positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            return Err((key, format!("must be positive, got {v}")));
+        }
+        let unit = [
+            ("clip_low", self.clip_low),
+            ("clip_high", self.clip_high),
+            ("correct_threshold", self.correct_threshold),
+            ("weight_step", self.weight_step),
+            ("ema", self.ema),
+            ("eval_fraction", self.eval_fraction),
+        ];
+        if let Some((key, v)) = unit.iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
+            return Err((key, format!("must lie in [0, 1], got {v}")));
+        }
+        if !(0.0..1.0).contains(&self.lambda_cd) {
+            return Err(("lambda_cd", format!("must lie in [0, 1), got {}", self.lambda_cd)));
+        }
+        if !(self.kl_coef.is_finite() && self.kl_coef >= 0.0) {
+            return Err(("kl_coef", format!("must be 0 or more, got {}", self.kl_coef)));
+        }
+        if !(self.w_min >= 0.0 && self.w_min * (objectives as f64) < 1.0) {
+            return Err((
+                "w_min",
+                format!("needs 0 <= w_min and {objectives} * w_min < 1, got {}", self.w_min),
+            ));
+        }
+        if !matches!(self.dominance.as_str(), "constrained" | "plain") {
+            return Err((
+                "dominance",
+                format!("expected `constrained` or `plain`, got {:?}", self.dominance),
+            ));
+        }
+        if !matches!(self.gain_rule.as_str(), "proportional" | "inverse") {
+            return Err((
+                "gain_rule",
+                format!("expected `proportional` or `inverse`, got {:?}", self.gain_rule),
+            ));
+        }
+        if let Some(reference) = &self.hv_reference
+            && reference.len() != objectives
+        {
+            return Err((
+                "hv_reference",
+                format!("needs one value per objective ({objectives}), got {}", reference.len()),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -349,8 +547,25 @@ impl RunConfig {
         if let Err((key, message)) = self.tool_server.validate() {
             return fail(&format!("tool_server.{key}"), message);
         }
+        if self.cluster.nodes == 0 {
+            return fail("cluster.nodes", "must be at least 1".into());
+        }
+        if self.cluster.heartbeat_interval_ms == 0
+            || self.cluster.heartbeat_timeout_ms <= self.cluster.heartbeat_interval_ms
+        {
+            return fail(
+                "cluster.heartbeat_timeout_ms",
+                format!(
+                    "must exceed heartbeat_interval_ms ({}) and both be positive, got {}",
+                    self.cluster.heartbeat_interval_ms, self.cluster.heartbeat_timeout_ms
+                ),
+            );
+        }
         if self.algorithm.total_steps == 0 {
             return fail("algorithm.total_steps", "must be at least 1".into());
+        }
+        if let Err((key, message)) = self.algorithm.validate(self.task.objectives.len()) {
+            return fail(&format!("algorithm.{key}"), message);
         }
         Ok(())
     }

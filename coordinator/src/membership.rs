@@ -1,0 +1,345 @@
+//! Who is in the run: registration, ranks, heartbeats and lost nodes (DESIGN.md §2, §10).
+//!
+//! `--nodes N` counts worker processes (learners, actors, tool-servers). The rendezvous is
+//! complete once N have registered; from then on it never goes back. A node that misses
+//! `heartbeat_timeout` is marked lost (it stays listed, so operators see it), and a new process
+//! of the same role takes the first lost slot of its role: its rank and place in the peer lists.
+//! Every join and loss increases the membership epoch. This module is plain state with a clock
+//! passed in, so it is tested without sleeping; the service wraps it in a lock.
+
+use std::time::{Duration, Instant};
+
+use paretopo_proto::v1::{NodeStatus, Peer, ProcessState, Rendezvous, Role};
+
+/// One registered worker.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The id handed out at registration ("learner-0", "actor-1", ...).
+    pub id: String,
+    /// Its role.
+    pub role: Role,
+    /// Where peers reach it.
+    pub address: String,
+    /// Its host.
+    pub hostname: String,
+    /// Devices a learner drives (at least 1 for rank counting).
+    pub local_devices: u32,
+    /// Learners: the first global rank.
+    pub first_rank: u32,
+    /// The last state it reported.
+    pub state: ProcessState,
+    /// When it was last heard from.
+    pub last_seen: Instant,
+    /// Its last progress counter and when the one before it came, for a rate.
+    pub progress: u64,
+    /// Progress per second between its last two heartbeats.
+    pub progress_per_second: f64,
+    /// Its policy version.
+    pub policy_version: u64,
+    /// Missed its heartbeat deadline.
+    pub lost: bool,
+    /// The last error it reported or the coordinator saw.
+    pub last_error: String,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// All N places are taken by live nodes.
+    #[error("the run is full: {expected} workers are registered and none is lost")]
+    Full {
+        /// `--nodes`.
+        expected: u32,
+    },
+}
+
+/// The membership of one run.
+#[derive(Debug)]
+pub struct Membership {
+    expected: u32,
+    timeout: Duration,
+    nodes: Vec<Node>,
+    epoch: u64,
+    complete: bool,
+    next_index: [u32; 5],
+}
+
+impl Membership {
+    /// An empty membership waiting for `expected` workers, losing any silent for `timeout`.
+    pub fn new(expected: u32, timeout: Duration) -> Self {
+        Membership { expected, timeout, nodes: Vec::new(), epoch: 0, complete: false, next_index: [0; 5] }
+    }
+
+    /// The membership epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether all expected workers have registered (once true, stays true).
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Workers expected.
+    pub fn expected(&self) -> u32 {
+        self.expected
+    }
+
+    /// Live (not lost) registered workers.
+    pub fn live(&self) -> u32 {
+        self.nodes.iter().filter(|n| !n.lost).count() as u32
+    }
+
+    /// The nodes, in registration order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Registers a worker and returns its node id. A worker that names its previous id gets its
+    /// own slot back; otherwise a new one takes the first lost slot of its role, or a free place.
+    pub fn register(
+        &mut self,
+        role: Role,
+        address: &str,
+        hostname: &str,
+        local_devices: u32,
+        previous_id: &str,
+        now: Instant,
+    ) -> Result<String, RegisterError> {
+        let slot = self
+            .nodes
+            .iter()
+            .position(|n| !previous_id.is_empty() && n.id == previous_id && n.role == role)
+            .or_else(|| self.nodes.iter().position(|n| n.lost && n.role == role));
+        let fresh = |id: String, first_rank: u32| Node {
+            id,
+            role,
+            address: address.to_owned(),
+            hostname: hostname.to_owned(),
+            local_devices: local_devices.max(1),
+            first_rank,
+            state: ProcessState::Starting,
+            last_seen: now,
+            progress: 0,
+            progress_per_second: 0.0,
+            policy_version: 0,
+            lost: false,
+            last_error: String::new(),
+        };
+        let id = match slot {
+            Some(i) => {
+                // The replacement keeps the slot's rank so its peers' views stay valid.
+                let (old_id, first_rank) = (self.nodes[i].id.clone(), self.nodes[i].first_rank);
+                let id = if old_id == previous_id { old_id } else { self.new_id(role) };
+                let node = fresh(id.clone(), first_rank);
+                self.nodes[i] = node;
+                id
+            }
+            None => {
+                if self.nodes.len() as u32 >= self.expected {
+                    return Err(RegisterError::Full { expected: self.expected });
+                }
+                let first_rank = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.role == Role::Learner)
+                    .map(|n| n.local_devices)
+                    .sum();
+                let id = self.new_id(role);
+                self.nodes.push(fresh(id.clone(), first_rank));
+                id
+            }
+        };
+        self.epoch += 1;
+        if self.nodes.len() as u32 >= self.expected {
+            self.complete = true;
+        }
+        Ok(id)
+    }
+
+    fn new_id(&mut self, role: Role) -> String {
+        let index = &mut self.next_index[role as usize];
+        let name = match role {
+            Role::Learner => "learner",
+            Role::Actor => "actor",
+            Role::ToolServer => "tool-server",
+            Role::Coordinator | Role::Unspecified => "node",
+        };
+        let id = format!("{name}-{index}");
+        *index += 1;
+        id
+    }
+
+    /// Records a heartbeat; false when the node is unknown or was lost (it must register again).
+    pub fn heartbeat(
+        &mut self,
+        id: &str,
+        state: ProcessState,
+        progress: u64,
+        policy_version: u64,
+        last_error: &str,
+        now: Instant,
+    ) -> bool {
+        let Some(node) = self.nodes.iter_mut().find(|n| n.id == id && !n.lost) else {
+            return false;
+        };
+        let elapsed = now.saturating_duration_since(node.last_seen).as_secs_f64();
+        if elapsed > 0.0 && progress >= node.progress {
+            node.progress_per_second = (progress - node.progress) as f64 / elapsed;
+        }
+        node.last_seen = now;
+        node.state = state;
+        node.progress = progress;
+        node.policy_version = policy_version;
+        if !last_error.is_empty() {
+            node.last_error = last_error.to_owned();
+        }
+        true
+    }
+
+    /// Marks every node silent for longer than the timeout as lost; returns the ids just lost.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let mut lost = Vec::new();
+        for node in self.nodes.iter_mut().filter(|n| !n.lost) {
+            if now.saturating_duration_since(node.last_seen) > self.timeout {
+                node.lost = true;
+                node.state = ProcessState::Failed;
+                node.last_error = format!(
+                    "lost: no heartbeat for {:.1} s",
+                    now.saturating_duration_since(node.last_seen).as_secs_f64()
+                );
+                lost.push(node.id.clone());
+            }
+        }
+        if !lost.is_empty() {
+            self.epoch += 1;
+        }
+        lost
+    }
+
+    /// Whether `id` is a live learner with first rank 0.
+    pub fn is_rank_zero_learner(&self, id: &str) -> bool {
+        self.nodes.iter().any(|n| n.id == id && n.role == Role::Learner && n.first_rank == 0)
+    }
+
+    /// The rendezvous as node `id` sees it (its own first rank); live nodes only.
+    pub fn rendezvous(&self, id: &str, nccl_unique_id: &[u8]) -> Rendezvous {
+        let peers = |role: Role| -> Vec<Peer> {
+            let mut peers: Vec<Peer> = self
+                .nodes
+                .iter()
+                .filter(|n| n.role == role && !n.lost)
+                .map(|n| Peer {
+                    node_id: n.id.clone(),
+                    role: role as i32,
+                    address: n.address.clone(),
+                    first_rank: if role == Role::Learner { n.first_rank } else { 0 },
+                    local_devices: if role == Role::Learner { n.local_devices } else { 0 },
+                })
+                .collect();
+            peers.sort_by_key(|p| p.first_rank);
+            peers
+        };
+        let learners = peers(Role::Learner);
+        Rendezvous {
+            membership_epoch: self.epoch,
+            world_size: learners.iter().map(|p| p.local_devices).sum(),
+            first_rank: self.nodes.iter().find(|n| n.id == id).map_or(0, |n| n.first_rank),
+            learners,
+            tool_servers: peers(Role::ToolServer),
+            actors: peers(Role::Actor),
+            nccl_unique_id: nccl_unique_id.to_vec(),
+        }
+    }
+
+    /// Every node as operators see it.
+    pub fn statuses(&self, now: Instant) -> Vec<NodeStatus> {
+        self.nodes
+            .iter()
+            .map(|n| NodeStatus {
+                node_id: n.id.clone(),
+                role: n.role as i32,
+                address: n.address.clone(),
+                hostname: n.hostname.clone(),
+                state: n.state as i32,
+                last_heartbeat_seconds_ago: now.saturating_duration_since(n.last_seen).as_secs_f64(),
+                progress: n.progress,
+                policy_version: n.policy_version,
+                lost: n.lost,
+                last_error: n.last_error.clone(),
+                progress_per_second: n.progress_per_second,
+                first_rank: n.first_rank,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(m: &mut Membership, role: Role, addr: &str, now: Instant) -> String {
+        m.register(role, addr, "host", 0, "", now).expect("register")
+    }
+
+    #[test]
+    fn rendezvous_completes_at_n_and_ranks_learners_in_order() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(4, Duration::from_secs(5));
+        let a = join(&mut m, Role::Actor, "a:1", t0);
+        let l0 = m.register(Role::Learner, "l:1", "h", 2, "", t0).expect("l0");
+        assert!(!m.complete());
+        let l1 = join(&mut m, Role::Learner, "l:2", t0);
+        let _t = join(&mut m, Role::ToolServer, "t:1", t0);
+        assert!(m.complete());
+        assert_eq!(m.epoch(), 4);
+        let view = m.rendezvous(&l1, b"");
+        assert_eq!((view.world_size, view.first_rank), (3, 2), "learner 0 drives 2 devices");
+        assert_eq!(view.learners.iter().map(|p| p.node_id.clone()).collect::<Vec<_>>(), [l0, l1]);
+        assert_eq!(m.rendezvous(&a, b"").actors.len(), 1);
+        assert_eq!(m.rendezvous(&a, b"").tool_servers[0].address, "t:1");
+        let err = m.register(Role::Actor, "a:2", "h", 0, "", t0).expect_err("full");
+        assert_eq!(err, RegisterError::Full { expected: 4 });
+    }
+
+    #[test]
+    fn a_silent_node_is_lost_and_a_replacement_takes_its_place() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(2, Duration::from_secs(5));
+        let a0 = join(&mut m, Role::Actor, "a:1", t0);
+        let l = join(&mut m, Role::Learner, "l:1", t0);
+        let t1 = t0 + Duration::from_secs(4);
+        assert!(m.heartbeat(&l, ProcessState::Serving, 10, 3, "", t1));
+        assert!(m.expire(t1).is_empty());
+        let t2 = t0 + Duration::from_secs(6);
+        assert_eq!(m.expire(t2), [a0.clone()]);
+        let epoch = m.epoch();
+        assert_eq!(m.live(), 1);
+        let status = m.statuses(t2);
+        assert!(status[0].lost && status[0].last_error.contains("no heartbeat"));
+        assert!(!m.heartbeat(&a0, ProcessState::Serving, 1, 1, "", t2), "lost nodes must rejoin");
+        assert!(m.rendezvous(&l, b"").actors.is_empty(), "peers list live nodes only");
+        // A new actor takes the lost one's slot; a learner cannot.
+        let a1 = join(&mut m, Role::Actor, "a:9", t2);
+        assert_ne!(a1, a0);
+        assert!(m.epoch() > epoch);
+        assert_eq!(m.nodes().len(), 2);
+        assert_eq!(m.rendezvous(&l, b"").actors[0].address, "a:9");
+        assert!(m.register(Role::Learner, "l:2", "h", 0, "", t2).is_err());
+        // Progress rate from two heartbeats: 10 -> 30 over 2 s.
+        assert!(m.heartbeat(&l, ProcessState::Serving, 30, 4, "", t2 + Duration::from_secs(0)));
+        let rate = m.statuses(t2).iter().find(|s| s.node_id == l).map(|s| s.progress_per_second);
+        assert_eq!(rate, Some(10.0));
+    }
+
+    #[test]
+    fn a_restarted_worker_naming_its_id_gets_its_slot_back() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(1, Duration::from_secs(5));
+        let l = join(&mut m, Role::Learner, "l:1", t0);
+        let again = m.register(Role::Learner, "l:7", "h", 0, &l, t0).expect("rejoin");
+        assert_eq!(again, l);
+        assert_eq!(m.rendezvous(&l, b"id").learners[0].address, "l:7");
+        assert_eq!(m.rendezvous(&l, b"id").nccl_unique_id, b"id");
+    }
+}
