@@ -2,15 +2,20 @@
 //! streams trajectory groups to a learner. Its own gRPC service (`paretopo.v1.Actor`) only reports
 //! status; the actor is a client of the learner, the tool-servers and the coordinator.
 //!
-//! Today it resolves its compute device and serves status, health, reflection and metrics, and
-//! [`episode`] holds the agent loop and [`tools`] its gRPC tool client; streaming to the learner
-//! arrives with the rest of issue #6.
+//! Modules: [`episode`] (the agent loop), [`tools`] (its gRPC tool client), [`wire`]
+//! (trajectories as protobuf), [`weights`] (policy versions as chunks, both ways), [`setup`]
+//! (task, tokenizer, model and sampling from the run config, shared with the learner's
+//! evaluation) and [`runtime`] (the process's tasks: follow the policy, sample, push).
 
 pub mod episode;
+pub mod runtime;
+pub mod setup;
 pub mod tools;
+pub mod weights;
 pub mod wire;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use paretopo_proto::v1::actor_server::{Actor, ActorServer};
 use paretopo_proto::v1::{ActorStatus, GetStatusRequest, WatchStatusRequest};
@@ -24,14 +29,26 @@ use tonic::{Request, Response, Status};
 pub struct ActorService {
     process: Arc<Process>,
     device: String,
+    counters: Arc<runtime::ActorCounters>,
 }
 
 impl ActorService {
     fn snapshot(&self) -> ActorStatus {
+        let c = &self.counters;
         ActorStatus {
             process: Some(self.process.info()),
+            policy_version: c.policy_version.load(Ordering::Relaxed),
+            episodes_total: c.episodes.load(Ordering::Relaxed),
+            groups_sent: c.groups_sent.load(Ordering::Relaxed),
+            groups_acked: c.groups_acked.load(Ordering::Relaxed),
+            learner_address: c
+                .learner_address
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            tool_calls_total: c.tool_calls.load(Ordering::Relaxed),
+            tokens_per_second: f64::from_bits(c.tokens_per_second_bits.load(Ordering::Relaxed)),
             device: self.device.clone(),
-            ..Default::default()
         }
     }
 }
@@ -56,10 +73,33 @@ impl Actor for ActorService {
     }
 }
 
-/// Serves the actor until shutdown.
+/// Serves the actor's status and does its work until shutdown. A failure of the work (a
+/// policy that does not fit the model, a task that cannot be loaded) stops the process with
+/// the error, so the coordinator sees it lost and a replacement can take its place.
 pub async fn run(launch: Launch) -> anyhow::Result<()> {
-    let device = policy::device_name(policy::device_from_setting(&launch.config.model.device)?);
-    tracing::info!(%device, "compute device");
-    let service = ActorService { process: launch.process.clone(), device };
-    launch.serve(Routes::new(ActorServer::new(service))).await
+    let device = policy::device_from_setting(&launch.config.model.device)?;
+    tracing::info!(device = %policy::device_name(device), "compute device");
+    let counters = Arc::new(runtime::ActorCounters::default());
+    let service = ActorService {
+        process: launch.process.clone(),
+        device: policy::device_name(device),
+        counters: counters.clone(),
+    };
+    let process = launch.process.clone();
+    let work =
+        tokio::spawn(runtime::work(launch.config.clone(), process.clone(), counters, device));
+    let served = launch.serve(Routes::new(ActorServer::new(service)));
+    tokio::pin!(served);
+    tokio::select! {
+        result = &mut served => {
+            // The server ended (shutdown); the work sees the same token.
+            return result;
+        }
+        outcome = work => {
+            let result = outcome.unwrap_or_else(|e| Err(anyhow::anyhow!("the actor's work panicked: {e}")));
+            process.shutdown().cancel();
+            served.await?;
+            result
+        }
+    }
 }

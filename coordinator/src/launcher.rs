@@ -1,10 +1,17 @@
 //! `coordinator run`: the local launcher behind the README's main command.
 //!
-//! It starts the coordinator, a tool-server, a learner and an actor as child processes on
-//! loopback, waits until each reports SERVING over `grpc.health.v1`, prints what each says about
-//! itself (`GetStatus`), and then, unless told to keep them running, stops them with SIGTERM and
-//! checks that each exits 0. The training loop joins this once the runtime lands (issue #6).
+//! It starts the coordinator, a tool-server, a learner and `cluster.local_actors` actors as
+//! child processes on loopback (each on a free port, their logs in `<run.dir>/logs/`), waits
+//! until each reports SERVING over `grpc.health.v1`, then follows the run through the
+//! coordinator's and the learner's `GetStatus`: a progress bar through the warm start and the
+//! evaluations, then a live one-line summary (step, accuracy, tool calls, HV, weights, stage).
+//! The run ends when the learner exits after its last step; Ctrl-C or SIGTERM ends it early,
+//! and the learner then writes a checkpoint the next run resumes from. Either way every child
+//! gets SIGTERM and must exit 0. An actor that dies is reported and the run goes on.
+//!
+//! With `--check` it only starts the processes, checks them and stops them (a smoke test).
 
+use std::io::{IsTerminal, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,10 +21,11 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use paretopo_proto::v1::{
-    GetStatusRequest, ProcessInfo, ProcessState, actor_client::ActorClient,
-    coordinator_client::CoordinatorClient, learner_client::LearnerClient,
-    tool_server_client::ToolServerClient,
+    CoordinatorStatus, GetStatusRequest, LearnerStatus, ProcessInfo, ProcessState, Stage,
+    actor_client::ActorClient, coordinator_client::CoordinatorClient,
+    learner_client::LearnerClient, tool_server_client::ToolServerClient,
 };
+use paretopo_service::RunConfig;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -31,29 +39,33 @@ pub struct LaunchPlan {
     pub config: Option<PathBuf>,
     /// `--set` overrides to pass to every process.
     pub overrides: Vec<String>,
-    /// Keep the processes running until Ctrl-C or SIGTERM.
-    pub keep_running: bool,
+    /// Only start, check and stop the processes.
+    pub check_only: bool,
     /// How long each process may take to report SERVING.
     pub startup_timeout: Duration,
     /// Where the four binaries are.
     pub bin_dir: PathBuf,
 }
 
-/// The binaries a local run starts, in start order.
-const ROLES: [&str; 4] = ["coordinator", "tool-server", "learner", "actor"];
+/// The binaries a local run starts.
+const BINARIES: [&str; 4] = ["coordinator", "tool-server", "learner", "actor"];
 
 /// One started child process.
 struct Started {
-    role: &'static str,
+    /// "coordinator", "tool-server", "learner", "actor-0", ...
+    name: String,
+    binary: &'static str,
     child: Child,
     grpc: SocketAddr,
     metrics: SocketAddr,
+    /// Its exit, once seen.
+    exited: Option<std::process::ExitStatus>,
 }
 
 /// Runs the plan; an error says which process failed and how.
 pub async fn launch(plan: LaunchPlan) -> anyhow::Result<()> {
-    for role in ROLES {
-        let path = plan.bin_dir.join(role);
+    for binary in BINARIES {
+        let path = plan.bin_dir.join(binary);
         if !path.is_file() {
             bail!(
                 "`{}` not found: build all binaries first (`cargo build --bins`)",
@@ -61,46 +73,137 @@ pub async fn launch(plan: LaunchPlan) -> anyhow::Result<()> {
             );
         }
     }
+    let config = RunConfig::load(plan.config.as_deref(), &plan.overrides)?;
+    let run_dir = config.run.dir.clone();
+    let coordinator = free_port()?;
+    let mut overrides = plan.overrides.clone();
+    overrides.push(format!("cluster.coordinator_address=\"{coordinator}\""));
+    overrides.push(format!("cluster.nodes={}", config.cluster.local_actors + 2));
+    let config = RunConfig::load(plan.config.as_deref(), &overrides)?;
+    std::fs::create_dir_all(run_dir.join("logs"))
+        .with_context(|| format!("key `run.dir`: creating {}", run_dir.display()))?;
+    std::fs::write(run_dir.join("config.toml"), config.to_toml()?)
+        .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
+
     let mut started = Vec::new();
-    let result = start_and_check(&plan, &mut started).await;
-    if result.is_ok() && plan.keep_running {
-        println!("all processes are serving; Ctrl-C stops them");
-        wait_for_stop(&mut started).await;
-    }
+    let result = run_processes(&plan, &config, &overrides, coordinator, &mut started).await;
     let stopped = stop_all(&mut started).await;
+    if result.is_ok() && !plan.check_only {
+        print_outcome(&run_dir);
+    }
     result.and(stopped)
 }
 
-async fn start_and_check(plan: &LaunchPlan, started: &mut Vec<Started>) -> anyhow::Result<()> {
-    for role in ROLES {
-        let (grpc, metrics) = (free_port()?, free_port()?);
-        let mut command = Command::new(plan.bin_dir.join(role));
-        command
-            .arg("--listen")
-            .arg(grpc.to_string())
-            .arg("--metrics-listen")
-            .arg(metrics.to_string())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        if let Some(config) = &plan.config {
-            command.arg("--config").arg(config);
-        }
-        for set in &plan.overrides {
-            command.arg("--set").arg(set);
-        }
-        let child = command.spawn().with_context(|| format!("starting {role}"))?;
-        tracing::info!(role, %grpc, %metrics, pid = child.id(), "started");
-        started.push(Started { role, child, grpc, metrics });
+async fn run_processes(
+    plan: &LaunchPlan,
+    config: &RunConfig,
+    overrides: &[String],
+    coordinator: SocketAddr,
+    started: &mut Vec<Started>,
+) -> anyhow::Result<()> {
+    let mut names = vec![
+        ("coordinator".to_owned(), "coordinator"),
+        ("tool-server".into(), "tool-server"),
+        ("learner".into(), "learner"),
+    ];
+    for i in 0..config.cluster.local_actors {
+        names.push((format!("actor-{i}"), "actor"));
+    }
+    for (name, binary) in names {
+        let grpc = if binary == "coordinator" { coordinator } else { free_port()? };
+        let process = start(plan, config, overrides, &name, binary, grpc)?;
+        started.push(process);
     }
     for process in started.iter_mut() {
         wait_serving(process, plan.startup_timeout).await?;
     }
-    println!("{:<12} {:>7}  {:<21} {:<21} {:<8} uptime", "role", "pid", "grpc", "metrics", "state");
-    for process in started.iter() {
-        let info = status_of(process).await?;
+    if plan.check_only {
+        return check(started).await;
+    }
+    println!(
+        "run {:?}: {} processes serving on 127.0.0.1; logs in {}",
+        config.run.name,
+        started.len(),
+        config.run.dir.join("logs").display()
+    );
+    follow(config, started).await
+}
+
+fn start(
+    plan: &LaunchPlan,
+    config: &RunConfig,
+    overrides: &[String],
+    name: &str,
+    binary: &'static str,
+    grpc: SocketAddr,
+) -> anyhow::Result<Started> {
+    let metrics = free_port()?;
+    let log_path = config.run.dir.join("logs").join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut command = Command::new(plan.bin_dir.join(binary));
+    command
+        .arg("--listen")
+        .arg(grpc.to_string())
+        .arg("--metrics-listen")
+        .arg(metrics.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    if let Some(file) = &plan.config {
+        command.arg("--config").arg(file);
+    }
+    for set in overrides {
+        command.arg("--set").arg(set);
+    }
+    let child = command.spawn().with_context(|| format!("starting {name}"))?;
+    tracing::debug!(name, %grpc, %metrics, pid = child.id(), "started");
+    Ok(Started { name: name.to_owned(), binary, child, grpc, metrics, exited: None })
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+async fn connect(address: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{address}"))?.connect().await?)
+}
+
+async fn wait_serving(process: &mut Started, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = process.child.try_wait()? {
+            bail!("{} exited with {status} before it was serving (see its log)", process.name);
+        }
+        if let Ok(channel) = connect(process.grpc).await {
+            let reply = HealthClient::new(channel)
+                .check(HealthCheckRequest { service: String::new() })
+                .await;
+            if reply.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not report SERVING within {timeout:?}", process.name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `--check`: each process's own facts, which must name the addresses it was given.
+async fn check(started: &[Started]) -> anyhow::Result<()> {
+    println!(
+        "{:<12} {:>7}  {:<21} {:<21} {:<8} uptime",
+        "process", "pid", "grpc", "metrics", "state"
+    );
+    for process in started {
+        let info = process_info(process).await?;
         println!(
             "{:<12} {:>7}  {:<21} {:<21} {:<8} {:.1}s",
-            process.role,
+            process.name,
             info.pid,
             info.listen_address,
             info.metrics_address,
@@ -113,7 +216,7 @@ async fn start_and_check(plan: &LaunchPlan, started: &mut Vec<Started>) -> anyho
         {
             bail!(
                 "{} reports addresses {} / {}, not the ones it was given",
-                process.role,
+                process.name,
                 info.listen_address,
                 info.metrics_address
             );
@@ -122,38 +225,10 @@ async fn start_and_check(plan: &LaunchPlan, started: &mut Vec<Started>) -> anyho
     Ok(())
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
-    Ok(listener.local_addr()?)
-}
-
-async fn wait_serving(process: &mut Started, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    let endpoint = format!("http://{}", process.grpc);
-    loop {
-        if let Some(status) = process.child.try_wait()? {
-            bail!("{} exited with {status} before it was serving", process.role);
-        }
-        if let Ok(channel) = Channel::from_shared(endpoint.clone())?.connect().await {
-            let reply = HealthClient::new(channel)
-                .check(HealthCheckRequest { service: String::new() })
-                .await;
-            if reply.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{} did not report SERVING within {timeout:?}", process.role);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn status_of(process: &Started) -> anyhow::Result<ProcessInfo> {
-    let channel = Channel::from_shared(format!("http://{}", process.grpc))?.connect().await?;
+async fn process_info(process: &Started) -> anyhow::Result<ProcessInfo> {
+    let channel = connect(process.grpc).await?;
     let request = || GetStatusRequest {};
-    let info = match process.role {
+    let info = match process.binary {
         "coordinator" => {
             CoordinatorClient::new(channel).get_status(request()).await?.into_inner().process
         }
@@ -163,51 +238,183 @@ async fn status_of(process: &Started) -> anyhow::Result<ProcessInfo> {
         "learner" => LearnerClient::new(channel).get_status(request()).await?.into_inner().process,
         _ => ActorClient::new(channel).get_status(request()).await?.into_inner().process,
     };
-    info.with_context(|| format!("{} sent a status without process facts", process.role))
+    info.with_context(|| format!("{} sent a status without process facts", process.name))
 }
 
-async fn wait_for_stop(started: &mut [Started]) {
+/// Follows the run until the learner exits, a signal arrives, or the coordinator dies.
+async fn follow(config: &RunConfig, started: &mut [Started]) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut sigterm = signal(SignalKind::terminate()).ok();
-    let any_exit = async {
-        loop {
-            for process in started.iter_mut() {
-                if let Ok(Some(status)) = process.child.try_wait() {
-                    tracing::warn!(role = process.role, %status, "exited on its own");
-                    return;
+    let mut sigterm = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let find = |started: &[Started], binary: &str| started.iter().position(|p| p.binary == binary);
+    let (Some(coordinator), Some(learner)) =
+        (find(started, "coordinator"), find(started, "learner"))
+    else {
+        bail!("no coordinator or learner was started");
+    };
+    let mut coordinator_client = CoordinatorClient::new(connect(started[coordinator].grpc).await?);
+    let mut learner_client = LearnerClient::new(connect(started[learner].grpc).await?);
+    let terminal = std::io::stdout().is_terminal();
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let mut last_printed = Instant::now() - Duration::from_secs(60);
+    let started_at = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                finish_line(terminal);
+                println!("stopping: the learner writes a checkpoint; run the same command to resume");
+                return Ok(());
+            }
+            _ = sigterm.recv() => {
+                finish_line(terminal);
+                println!("stopping on SIGTERM: the learner writes a checkpoint");
+                return Ok(());
+            }
+            _ = ticker.tick() => {}
+        }
+        for process in started.iter_mut().filter(|p| p.exited.is_none()) {
+            if let Some(status) = process.child.try_wait()? {
+                process.exited = Some(status);
+                if process.binary == "learner" {
+                    finish_line(terminal);
+                    if status.success() {
+                        println!(
+                            "training finished in {:.0} s",
+                            started_at.elapsed().as_secs_f64()
+                        );
+                        return Ok(());
+                    }
+                    bail!(
+                        "the learner exited with {status}; see {}",
+                        log_of(config, &process.name)
+                    );
+                }
+                finish_line(terminal);
+                println!("{} exited with {status}; the run goes on without it", process.name);
+                if process.binary == "coordinator" || process.binary == "tool-server" {
+                    bail!("the {} is gone; see {}", process.name, log_of(config, &process.name));
                 }
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
-        () = any_exit => {}
+        let coordinator_status =
+            coordinator_client.get_status(GetStatusRequest {}).await.map(|r| r.into_inner());
+        let learner_status =
+            learner_client.get_status(GetStatusRequest {}).await.map(|r| r.into_inner());
+        let (Ok(c), Ok(l)) = (coordinator_status, learner_status) else { continue };
+        let line = summary(&c, &l);
+        if terminal {
+            print!("\r\x1b[K{line}");
+            let _ = std::io::stdout().flush();
+        } else if last_printed.elapsed() >= Duration::from_secs(10) {
+            println!("{line}");
+            last_printed = Instant::now();
+        }
     }
 }
 
-/// SIGTERM to every child still running, in reverse start order; each must exit 0 within 5 s.
+fn finish_line(terminal: bool) {
+    if terminal {
+        println!();
+    }
+}
+
+fn log_of(config: &RunConfig, name: &str) -> String {
+    config.run.dir.join("logs").join(format!("{name}.log")).display().to_string()
+}
+
+/// A text progress bar of `width` cells.
+fn bar(done: u64, total: u64, width: usize) -> String {
+    let filled = if total == 0 { 0 } else { (done.min(total) as usize * width) / total as usize };
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+/// The live one-line summary.
+pub fn summary(c: &CoordinatorStatus, l: &LearnerStatus) -> String {
+    if l.phase != "training" && l.phase != "done" {
+        return format!(
+            "{:<11} {} {}/{}",
+            l.phase,
+            bar(l.phase_done, l.phase_total, 30),
+            l.phase_done,
+            l.phase_total
+        );
+    }
+    let weights = c.weights.clone().unwrap_or_default();
+    let stage = if weights.stage == Stage::ParetoRanking as i32 { 2 } else { 1 };
+    let metric = |name: &str| c.latest_metrics.get(name).copied().unwrap_or(0.0);
+    let w: Vec<String> = weights.weights.iter().map(|w| format!("{w:.2}")).collect();
+    let lost = c.nodes.iter().filter(|n| n.lost).count();
+    format!(
+        "step {} {}/{} | acc {:.3} | calls/q {:.2} | HV {:.4} ({} pts) | w {} | stage {} | v{}{}",
+        bar(l.step, l.total_steps, 20),
+        l.step,
+        l.total_steps,
+        metric("accuracy"),
+        metric("tool_calls_per_q"),
+        weights.hypervolume,
+        weights.archive_size,
+        w.join("/"),
+        stage,
+        l.policy_version,
+        if lost > 0 { format!(" | {lost} node(s) lost") } else { String::new() }
+    )
+}
+
+/// What the run left behind: the held-out evaluations and the files.
+fn print_outcome(run_dir: &Path) {
+    if let Ok(text) = std::fs::read_to_string(run_dir.join("eval.json"))
+        && let Ok(eval) = serde_json::from_str::<serde_json::Value>(&text)
+    {
+        println!("held-out evaluation (greedy, with tools):");
+        for label in ["warm_start", "final"] {
+            if let Some(r) = eval.get(label) {
+                println!(
+                    "  {:<10} HV {:.4}  accuracy {:.3}  tool calls/q {:.2}  tokens/q {:.1}  ({} questions)",
+                    label,
+                    r["hypervolume"].as_f64().unwrap_or(0.0),
+                    r["accuracy"].as_f64().unwrap_or(0.0),
+                    r["tool_calls_per_q"].as_f64().unwrap_or(0.0),
+                    r["tokens_per_q"].as_f64().unwrap_or(0.0),
+                    r["questions"].as_u64().unwrap_or(0),
+                );
+            }
+        }
+    }
+    println!(
+        "run directory {}: config.toml, metrics.jsonl, eval.json, frontier.csv, plots/frontier.svg, checkpoints/",
+        run_dir.display()
+    );
+}
+
+/// SIGTERM to every child still running, actors first and the coordinator last; the learner
+/// may take a while to write its checkpoint, the others must exit within 5 s.
 async fn stop_all(started: &mut [Started]) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for process in started.iter_mut().rev() {
+        if let Some(status) = process.exited {
+            if !status.success() && process.binary != "actor" {
+                failures.push(format!("{} had exited with {status}", process.name));
+            }
+            continue;
+        }
         let begun = Instant::now();
         if let Some(pid) = process.child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
-        match tokio::time::timeout(Duration::from_secs(5), process.child.wait()).await {
+        let limit = Duration::from_secs(if process.binary == "learner" { 60 } else { 5 });
+        match tokio::time::timeout(limit, process.child.wait()).await {
             Ok(Ok(status)) if status.success() => {
+                tracing::debug!(name = %process.name, ms = begun.elapsed().as_millis() as u64, "stopped");
                 println!(
                     "{:<12} stopped: exit 0 after {} ms",
-                    process.role,
+                    process.name,
                     begun.elapsed().as_millis()
                 );
             }
-            Ok(Ok(status)) => failures.push(format!("{} exited with {status}", process.role)),
-            Ok(Err(e)) => failures.push(format!("{}: waiting for exit: {e}", process.role)),
+            Ok(Ok(status)) => failures.push(format!("{} exited with {status}", process.name)),
+            Ok(Err(e)) => failures.push(format!("{}: waiting for exit: {e}", process.name)),
             Err(_) => {
                 let _ = process.child.kill().await;
-                failures.push(format!("{} did not exit within 5 s of SIGTERM", process.role));
+                failures.push(format!("{} did not exit within {limit:?} of SIGTERM", process.name));
             }
         }
     }
@@ -218,4 +425,17 @@ async fn stop_all(started: &mut [Started]) -> anyhow::Result<()> {
 pub fn sibling_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the coordinator binary")?;
     exe.parent().map(Path::to_path_buf).context("the coordinator binary has no parent directory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_fills_in_proportion() {
+        assert_eq!(bar(0, 10, 10), "[..........]");
+        assert_eq!(bar(5, 10, 10), "[#####.....]");
+        assert_eq!(bar(12, 10, 10), "[##########]");
+        assert_eq!(bar(3, 0, 4), "[....]");
+    }
 }

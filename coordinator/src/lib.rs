@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use paretopo_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use paretopo_proto::v1::{
     CoordinatorStatus, GetRendezvousRequest, GetStatusRequest, HeartbeatRequest, HeartbeatResponse,
-    ObjectiveVector, ObjectiveWeights, ProcessState, RegisterRequest, RegisterResponse,
-    Rendezvous, ReportObjectivesRequest, ReportObjectivesResponse, Role as ProtoRole, Stage,
+    ObjectiveVector, ObjectiveWeights, ProcessState, RegisterRequest, RegisterResponse, Rendezvous,
+    ReportObjectivesRequest, ReportObjectivesResponse, Role as ProtoRole, Stage,
     WatchStatusRequest, WatchWeightsRequest,
 };
 use paretopo_service::cli::Launch;
@@ -47,6 +47,8 @@ struct State {
     steering: Steering,
     /// The NCCL unique id learner rank 0 registered, relayed to the other learners.
     nccl_unique_id: Vec<u8>,
+    /// Where learner rank 0 accepts the CPU collective.
+    collective_address: String,
     latest_mean: Option<Vec<f64>>,
     latest_metrics: HashMap<String, f64>,
     /// Batch means in step order, for the plot's policy path.
@@ -92,6 +94,7 @@ impl CoordinatorService {
             membership: Membership::new(config.cluster.nodes, timeout),
             steering,
             nccl_unique_id: Vec::new(),
+            collective_address: String::new(),
             latest_mean: None,
             latest_metrics: HashMap::new(),
             mean_path: Vec::new(),
@@ -178,7 +181,9 @@ impl CoordinatorService {
     fn write_files(&self, state: &State) {
         let dir = &self.run_dir;
         let result = std::fs::create_dir_all(dir)
-            .and_then(|()| run_files::write_frontier(dir, &self.objectives, &state.steering.frontier()))
+            .and_then(|()| {
+                run_files::write_frontier(dir, &self.objectives, &state.steering.frontier())
+            })
             .and_then(|()| match self.plot_axes {
                 Some(axes) => {
                     run_files::write_plot(dir, axes, &state.steering.frontier(), &state.mean_path)
@@ -259,8 +264,9 @@ impl Coordinator for CoordinatorService {
                     Instant::now(),
                 )
                 .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-            if !request.nccl_unique_id.is_empty() && state.membership.is_rank_zero_learner(&id) {
+            if state.membership.is_rank_zero_learner(&id) {
                 state.nccl_unique_id = request.nccl_unique_id.clone();
+                state.collective_address = request.collective_address.clone();
             }
             (id, state.membership.epoch(), state.membership.complete())
         };
@@ -315,7 +321,9 @@ impl Coordinator for CoordinatorService {
         if !state.membership.nodes().iter().any(|n| n.id == id) {
             return Err(Status::not_found(format!("node_id: {id:?} is not registered")));
         }
-        Ok(Response::new(state.membership.rendezvous(&id, &state.nccl_unique_id)))
+        let mut view = state.membership.rendezvous(&id, &state.nccl_unique_id);
+        view.collective_address = state.collective_address.clone();
+        Ok(Response::new(view))
     }
 
     async fn report_objectives(

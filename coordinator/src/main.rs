@@ -29,9 +29,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run locally: start coordinator, tool-server, learner and actor on loopback, check that
-    /// each is healthy and reports its status, then stop them (unless --keep-running).
+    /// Train locally: start coordinator, tool-server, learner and actors on loopback and follow
+    /// the run to its end (Ctrl-C stops it with a checkpoint the next run resumes from).
     Run(RunArgs),
+    /// Print a running coordinator's status as a table: nodes, weights, stage, frontier.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The coordinator's gRPC address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+
+    /// Print again on every update until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,9 +57,10 @@ struct RunArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
 
-    /// Keep the processes running until Ctrl-C instead of stopping them after the check.
+    /// Only start the processes, check that each serves and reports its own facts, and stop
+    /// them.
     #[arg(long)]
-    keep_running: bool,
+    check: bool,
 
     /// Seconds each process may take to report SERVING.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
@@ -60,6 +74,48 @@ fn main() -> ExitCode {
             run_main(Role::Coordinator, service_names::COORDINATOR, cli.common, coordinator::run)
         }
         Some(Command::Run(args)) => local_run(args),
+        Some(Command::Status(args)) => status(args),
+    }
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    use paretopo_proto::v1::coordinator_client::CoordinatorClient;
+    use paretopo_proto::v1::{GetStatusRequest, WatchStatusRequest};
+    let result = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async {
+            let url = if args.addr.contains("://") { args.addr.clone() } else { format!("http://{}", args.addr) };
+            let channel = tonic::transport::Endpoint::from_shared(url)?
+                .connect_timeout(Duration::from_secs(3))
+                .connect()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach a coordinator at {}: {e}", args.addr))?;
+            let mut client = CoordinatorClient::new(channel);
+            if !args.watch {
+                let status = client.get_status(GetStatusRequest {}).await?.into_inner();
+                print!("{}", coordinator::status_table::render(&status));
+                return anyhow::Ok(());
+            }
+            let mut stream = client.watch_status(WatchStatusRequest { interval_ms: 2000 }).await?.into_inner();
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    next = stream.message() => match next? {
+                        Some(status) => {
+                            // Clear the screen so the table stays in place.
+                            print!("\x1b[2J\x1b[H{}", coordinator::status_table::render(&status));
+                        }
+                        None => return Ok(()),
+                    },
+                }
+            }
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coordinator status: error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -79,7 +135,7 @@ fn local_run(args: RunArgs) -> ExitCode {
                 let plan = LaunchPlan {
                     config: args.config,
                     overrides: args.overrides,
-                    keep_running: args.keep_running,
+                    check_only: args.check,
                     startup_timeout: Duration::from_secs(args.startup_timeout),
                     bin_dir: launcher::sibling_dir()?,
                 };

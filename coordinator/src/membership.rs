@@ -67,7 +67,14 @@ pub struct Membership {
 impl Membership {
     /// An empty membership waiting for `expected` workers, losing any silent for `timeout`.
     pub fn new(expected: u32, timeout: Duration) -> Self {
-        Membership { expected, timeout, nodes: Vec::new(), epoch: 0, complete: false, next_index: [0; 5] }
+        Membership {
+            expected,
+            timeout,
+            nodes: Vec::new(),
+            epoch: 0,
+            complete: false,
+            next_index: [0; 5],
+        }
     }
 
     /// The membership epoch.
@@ -249,6 +256,7 @@ impl Membership {
             tool_servers: peers(Role::ToolServer),
             actors: peers(Role::Actor),
             nccl_unique_id: nccl_unique_id.to_vec(),
+            collective_address: String::new(),
         }
     }
 
@@ -262,7 +270,9 @@ impl Membership {
                 address: n.address.clone(),
                 hostname: n.hostname.clone(),
                 state: n.state as i32,
-                last_heartbeat_seconds_ago: now.saturating_duration_since(n.last_seen).as_secs_f64(),
+                last_heartbeat_seconds_ago: now
+                    .saturating_duration_since(n.last_seen)
+                    .as_secs_f64(),
                 progress: n.progress,
                 policy_version: n.policy_version,
                 lost: n.lost,

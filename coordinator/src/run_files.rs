@@ -9,7 +9,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// Writes `frontier.csv` under `dir`.
-pub fn write_frontier(dir: &Path, objectives: &[String], points: &[Vec<f64>]) -> std::io::Result<()> {
+pub fn write_frontier(
+    dir: &Path,
+    objectives: &[String],
+    points: &[Vec<f64>],
+) -> std::io::Result<()> {
     let mut text = objectives.join(",");
     text.push('\n');
     for p in points {
@@ -50,15 +54,23 @@ pub fn write_plot(
     );
     let _ = writeln!(svg, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let (x0, y0, x1, y1) = (x(0.0), y(0.0), x(max_calls), y(1.0));
-    let _ = writeln!(
-        svg,
-        r#"<path d="M{x0},{y1} L{x0},{y0} L{x1},{y0}" stroke="black" fill="none"/>"#
-    );
+    let _ =
+        writeln!(svg, r#"<path d="M{x0},{y1} L{x0},{y0} L{x1},{y0}" stroke="black" fill="none"/>"#);
     for i in 0..=4 {
         let a = f64::from(i) / 4.0;
-        let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="end">{a:.2}</text>"#, x0 - 4.0, y(a) + 4.0);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{a:.2}</text>"#,
+            x0 - 4.0,
+            y(a) + 4.0
+        );
         let c = max_calls * a;
-        let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">{c:.2}</text>"#, x(c), y0 + 16.0);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">{c:.2}</text>"#,
+            x(c),
+            y0 + 16.0
+        );
     }
     let _ = writeln!(
         svg,
@@ -73,10 +85,8 @@ pub fn write_plot(
         h / 2.0
     );
     if path.len() > 1 {
-        let points: Vec<String> = path
-            .iter()
-            .map(|p| format!("{:.1},{:.1}", x(calls(p)), y(p[axes.accuracy])))
-            .collect();
+        let points: Vec<String> =
+            path.iter().map(|p| format!("{:.1},{:.1}", x(calls(p)), y(p[axes.accuracy]))).collect();
         let _ = writeln!(
             svg,
             r##"<polyline points="{}" stroke="#9aa" fill="none"/>"##,

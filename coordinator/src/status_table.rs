@@ -53,7 +53,12 @@ pub fn render(status: &CoordinatorStatus) -> String {
         .zip(&weights.weights)
         .map(|(name, w)| format!("{name}={w:.3}"))
         .collect();
-    let _ = writeln!(out, "weights  {} (computed at step {})", named.join(" "), weights.computed_at_step);
+    let _ = writeln!(
+        out,
+        "weights  {} (computed at step {})",
+        named.join(" "),
+        weights.computed_at_step
+    );
     if let Some(mean) = &status.latest_batch_mean {
         let named: Vec<String> = weights
             .objectives

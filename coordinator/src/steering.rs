@@ -67,8 +67,11 @@ impl Steering {
         config.beta = algorithm.weight_step;
         config.delta = algorithm.gain_delta;
         config.mu = algorithm.ema;
-        config.rule =
-            if algorithm.gain_rule == "inverse" { GainRule::Inverse } else { GainRule::Proportional };
+        config.rule = if algorithm.gain_rule == "inverse" {
+            GainRule::Inverse
+        } else {
+            GainRule::Proportional
+        };
         if let Some(reference) = &algorithm.hv_reference {
             config.reference = reference.clone();
         }

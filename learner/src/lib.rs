@@ -1,23 +1,25 @@
 //! The paretopo learner: takes trajectory groups from actors, computes advantages, updates the
 //! policy, all-reduces gradients across ranks, and publishes weights (`paretopo.v1.Learner`).
 //!
-//! Built so far (issue #6 is in progress):
-//! - [`intake`]: checking an actor's trajectory group, field by field;
-//! - [`estimator`]: one group's advantages under `algorithm.method`;
-//! - [`loss`] and [`step`]: spec §4's loss and one rank's gradient;
-//! - [`collective`]: the all-reduce between CPU ranks over TCP;
-//! - [`warm_start`]: the supervised start on demonstrations;
-//! - the process: status, health, reflection and metrics. Trajectory intake, the training loop
-//!   and weight publication come next.
+//! Modules: [`intake`] (checking an actor's group field by field), [`estimator`] (a group's
+//! advantages under `algorithm.method`), [`loss`] and [`step`] (spec §4's loss and one rank's
+//! gradient), [`collective`] (the all-reduce between CPU ranks over TCP), [`warm_start`] (the
+//! supervised start on demonstrations), [`checkpoint`] (save and resume), [`eval`] (held-out
+//! evaluation) and [`runtime`] (the process: intake queue, training loop, publication). The
+//! gRPC service in this file is the intake stream, the policy stream and status.
 
+pub mod checkpoint;
 pub mod collective;
 pub mod estimator;
+pub mod eval;
 pub mod intake;
 pub mod loss;
+pub mod runtime;
 pub mod step;
 pub mod warm_start;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use paretopo_proto::v1::learner_server::{Learner, LearnerServer};
 use paretopo_proto::v1::{
@@ -26,29 +28,53 @@ use paretopo_proto::v1::{
 };
 use paretopo_service::cli::Launch;
 use paretopo_service::{Process, status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::runtime::Shared;
 
 /// The `Learner` gRPC service.
 #[derive(Debug, Clone)]
 pub struct LearnerService {
     process: Arc<Process>,
     device: String,
+    total_steps: u64,
+    shared: Arc<Shared>,
 }
 
 impl LearnerService {
     fn snapshot(&self) -> LearnerStatus {
+        let s = &self.shared;
+        let phase = s.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let weights = s.objective_weights.borrow().clone();
+        let world = s.world.load(Ordering::Relaxed) as u32;
         LearnerStatus {
             process: Some(self.process.info()),
+            rank: s.rank.load(Ordering::Relaxed) as u32,
+            world_size: world,
+            step: s.step.load(Ordering::Relaxed),
+            policy_version: s.policy_version.load(Ordering::Relaxed),
+            queued_groups: s.queued.load(Ordering::Relaxed) as u32,
+            groups_accepted: s.accepted.load(Ordering::Relaxed),
+            groups_stale: s.stale.load(Ordering::Relaxed),
+            stage: weights.stage,
+            weights: Some(weights),
             device: self.device.clone(),
-            collective: "none".to_owned(),
-            ..Default::default()
+            collective: if world > 1 { "cpu" } else { "none" }.to_owned(),
+            phase: phase.name,
+            phase_done: phase.done,
+            phase_total: phase.total,
+            groups_duplicate: s.duplicate.load(Ordering::Relaxed),
+            groups_invalid: s.invalid.load(Ordering::Relaxed),
+            total_steps: self.total_steps,
         }
     }
 }
 
-type AckStream = status::StatusStream<PushAck>;
-type ChunkStream = status::StatusStream<WeightChunk>;
+type AckStream = ReceiverStream<Result<PushAck, Status>>;
+type ChunkStream = ReceiverStream<Result<WeightChunk, Status>>;
 
 #[tonic::async_trait]
 impl Learner for LearnerService {
@@ -56,18 +82,83 @@ impl Learner for LearnerService {
 
     async fn push_trajectories(
         &self,
-        _: Request<Streaming<TrajectoryGroup>>,
+        request: Request<Streaming<TrajectoryGroup>>,
     ) -> Result<Response<AckStream>, Status> {
-        Err(Status::unimplemented("Learner.PushTrajectories: training arrives with issue #6"))
+        let mut groups = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let shared = self.shared.clone();
+        let shutdown = self.process.shutdown().clone();
+        tokio::spawn(async move {
+            let mut accepted_total = 0;
+            loop {
+                let next = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    next = groups.message() => next,
+                };
+                let group = match next {
+                    Ok(Some(group)) => group,
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(error = %status.message(), "an actor's stream ended");
+                        return;
+                    }
+                };
+                let (actor_id, group_seq) = (group.actor_id.clone(), group.group_seq);
+                let (outcome, error) = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    result = shared.accept(group) => result,
+                };
+                if outcome == paretopo_proto::v1::GroupOutcome::Accepted {
+                    accepted_total += 1;
+                }
+                let ack = PushAck {
+                    actor_id,
+                    group_seq,
+                    outcome: outcome as i32,
+                    error,
+                    accepted_total,
+                    policy_version: shared.policy_version.load(Ordering::Relaxed),
+                };
+                if tx.send(Ok(ack)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     type WatchPolicyStream = ChunkStream;
 
     async fn watch_policy(
         &self,
-        _: Request<WatchPolicyRequest>,
+        request: Request<WatchPolicyRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        Err(Status::unimplemented("Learner.WatchPolicy: weight publication arrives with issue #6"))
+        let mut have = request.into_inner().have_version;
+        let (tx, rx) = mpsc::channel(4);
+        let mut published = self.shared.published.subscribe();
+        let shutdown = self.process.shutdown().clone();
+        tokio::spawn(async move {
+            loop {
+                let current = published.borrow_and_update().clone();
+                if let Some(version) = current.filter(|v| v.version >= have) {
+                    for chunk in &version.chunks {
+                        let sent = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            sent = tx.send(Ok(chunk.clone())) => sent,
+                        };
+                        if sent.is_err() {
+                            return; // the actor went away
+                        }
+                    }
+                    have = version.version + 1;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = published.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn get_status(
@@ -88,10 +179,34 @@ impl Learner for LearnerService {
     }
 }
 
-/// Serves the learner until shutdown.
+/// Serves the learner and trains until `total_steps` (then exits 0) or shutdown (then writes
+/// a checkpoint and exits 0). A training failure stops the process with the error.
 pub async fn run(launch: Launch) -> anyhow::Result<()> {
-    let device = policy::device_name(policy::device_from_setting(&launch.config.model.device)?);
-    tracing::info!(%device, "compute device");
-    let service = LearnerService { process: launch.process.clone(), device };
-    launch.serve(Routes::new(LearnerServer::new(service))).await
+    let device = policy::device_from_setting(&launch.config.model.device)?;
+    tracing::info!(device = %policy::device_name(device), "compute device");
+    let (shared, queue) = Shared::new(&launch.config);
+    let service = LearnerService {
+        process: launch.process.clone(),
+        device: policy::device_name(device),
+        total_steps: launch.config.algorithm.total_steps,
+        shared: shared.clone(),
+    };
+    let process = launch.process.clone();
+    let work =
+        tokio::spawn(runtime::work(launch.config.clone(), process.clone(), shared, queue, device));
+    let served = launch.serve(Routes::new(LearnerServer::new(service)));
+    tokio::pin!(served);
+    tokio::select! {
+        result = &mut served => result,
+        outcome = work => {
+            let result = outcome.unwrap_or_else(|e| Err(anyhow::anyhow!("the trainer panicked: {e}")));
+            match &result {
+                Ok(()) => tracing::info!("training finished"),
+                Err(e) => tracing::error!("training failed: {e:#}"),
+            }
+            process.shutdown().cancel();
+            served.await?;
+            result
+        }
+    }
 }

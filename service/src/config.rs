@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything a config can get wrong. Each variant names the file (if any) and the key.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,7 @@ pub enum ConfigError {
 }
 
 /// The whole run config. Field docs are the user documentation of each key.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
     /// `[run]`: what the run is called and where it writes.
@@ -75,7 +75,7 @@ pub struct RunConfig {
 }
 
 /// `[run]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunSection {
     /// Name of the run; processes of different runs refuse to join each other.
@@ -101,7 +101,7 @@ impl Default for RunSection {
 }
 
 /// `[cluster]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
     /// The coordinator's gRPC address, as workers dial it.
@@ -130,7 +130,7 @@ impl Default for ClusterSection {
 }
 
 /// `[model]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
     /// A named config (`tiny`, `qwen2.5-0.5b`, ...) or a Hugging Face checkpoint directory.
@@ -146,7 +146,7 @@ impl Default for ModelSection {
 }
 
 /// `[task]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskSection {
     /// The task: built in (`arith`, `kb-qa`), or a data file in GSM8K or HotpotQA format.
@@ -170,7 +170,7 @@ impl Default for TaskSection {
 
 /// `[algorithm]`: the estimator, the loop's sizes and every knob of spec §2-§5. Defaults are
 /// the spec's where it gives one, else the quickstart's (`../shared/quickstart-notes.md`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlgorithmSection {
     /// The advantage estimator: `paretopo`, `paretopo_stage1_only`, `paretopo_stage2_only`,
@@ -364,7 +364,7 @@ impl AlgorithmSection {
 }
 
 /// The section every role has: where it listens.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoleSection {
     /// The gRPC listen address (`--listen`). Port 0 picks a free port.
@@ -389,7 +389,7 @@ impl Default for RoleSection {
 }
 
 /// `[tool_server]`: the keys every role has, and the tools' corpus and limits.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToolServerSection {
     /// The gRPC listen address (`--listen`). Port 0 picks a free port.
@@ -508,6 +508,11 @@ impl RunConfig {
             })?;
         config.validate().map_err(|(key, message)| ConfigError::Key { origin, key, message })?;
         Ok(config)
+    }
+
+    /// The config as TOML, every key with its value (the run directory's `config.toml`).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
     }
 
     /// The role section for `role`.

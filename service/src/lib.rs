@@ -14,6 +14,7 @@
 //! shutdown, 1 when the process failed while running, 2 for bad flags or a bad config.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod grpc;
 pub mod logging;

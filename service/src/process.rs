@@ -34,6 +34,7 @@ pub struct Process {
     status_generation: watch::Sender<u64>,
     health: HealthReporter,
     shutdown: CancellationToken,
+    node_id: std::sync::OnceLock<String>,
 }
 
 /// Where a process listens and how it presents itself; see [`Process::new`].
@@ -81,10 +82,22 @@ impl Process {
             status_generation: watch::Sender::new(0),
             health,
             shutdown: CancellationToken::new(),
+            node_id: std::sync::OnceLock::new(),
         }
     }
 
-    /// The role.
+    /// Records the node id the coordinator assigned (the first one sticks: a process keeps its
+    /// id when it registers again).
+    pub fn set_node_id(&self, id: &str) {
+        let _ = self.node_id.set(id.to_owned());
+    }
+
+    /// The address peers should dial: the advertised one, or the bound one.
+    pub fn peer_address(&self) -> String {
+        self.advertised_address.clone().unwrap_or_else(|| self.listen_address.to_string())
+    }
+
+    /// The process's role.
     pub fn role(&self) -> Role {
         self.role
     }
@@ -183,7 +196,7 @@ impl Process {
             hostname: self.hostname.clone(),
             pid: std::process::id(),
             run_name: self.run_name.clone(),
-            node_id: String::new(),
+            node_id: self.node_id.get().cloned().unwrap_or_default(),
             last_error: String::new(),
         }
     }

@@ -381,7 +381,36 @@ pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
     }
     let service = ToolService::new(launch.process.clone(), toolbox);
     launch.metrics.registry_mut().register_collector(Box::new(service.stats()));
+    tokio::spawn(join_the_run(launch.config.clone(), launch.process.clone(), service.stats()));
     launch.serve(Routes::new(ToolServerServer::new(service))).await
+}
+
+/// Registers with the coordinator and heartbeats the calls served, until shutdown. A
+/// tool-server serves whether or not a coordinator is there (a standalone server needs none),
+/// so a failure here is logged, never fatal.
+async fn join_the_run(
+    config: paretopo_service::RunConfig,
+    process: std::sync::Arc<paretopo_service::Process>,
+    stats: std::sync::Arc<stats::CallStats>,
+) {
+    use paretopo_service::cluster;
+    let member = match cluster::register(&config, &process, 0, Vec::new(), String::new()).await {
+        Ok(member) => member,
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "not registered with a coordinator");
+            return;
+        }
+    };
+    let progress = std::sync::Arc::new(cluster::Progress::default());
+    member.spawn_heartbeats(process.clone(), progress.clone());
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = process.shutdown().cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        progress.progress.store(stats.totals().0, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,125 @@
+//! Held-out evaluation of a policy (DESIGN.md §10): greedy episodes on the eval split with the
+//! real tools, and the policy's point, its mean objective vector. Its hypervolume is that one
+//! point's, in all K objectives with the run's reference point, so a warm-start policy and a
+//! trained one compare on one number.
+//!
+//! What it does not do: choose the questions (the run's eval split does) or write files.
+
+use std::collections::BTreeMap;
+
+use actor::episode::{SessionModel, ToolRunner, run_episodes, score};
+use actor::runtime::session_capacity;
+use actor::setup::TaskSetup;
+use pareto::Points;
+use policy::{Qwen2, Sampler, SamplingParams, Session, Tokenizer};
+use serde::Serialize;
+use tasks::Termination;
+
+/// Rows sampled together.
+const BATCH: usize = 64;
+
+/// One category's share of an evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CategoryResult {
+    /// Questions.
+    pub questions: usize,
+    /// Mean accuracy.
+    pub accuracy: f64,
+    /// Mean tool calls per question.
+    pub tool_calls_per_q: f64,
+}
+
+/// What an evaluation measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EvalResult {
+    /// Questions evaluated.
+    pub questions: usize,
+    /// The objective names, in the order of `mean`.
+    pub objectives: Vec<String>,
+    /// The policy's point: the mean objective vector.
+    pub mean: Vec<f64>,
+    /// HV of that point with `reference`.
+    pub hypervolume: f64,
+    /// The reference point.
+    pub reference: Vec<f64>,
+    /// Mean accuracy.
+    pub accuracy: f64,
+    /// Mean tool calls per question.
+    pub tool_calls_per_q: f64,
+    /// Mean generated tokens per question.
+    pub tokens_per_q: f64,
+    /// Share of episodes that ended with an answer.
+    pub answered: f64,
+    /// By category (the task's bands).
+    pub by_category: BTreeMap<String, CategoryResult>,
+}
+
+/// Evaluates `model` greedily on the first `limit` held-out questions of `task`.
+pub fn evaluate(
+    model: &Qwen2,
+    tokenizer: &Tokenizer,
+    task: &TaskSetup,
+    params: &SamplingParams,
+    tools: &mut impl ToolRunner,
+    objective_names: &[String],
+    reference: &[f64],
+    limit: usize,
+) -> anyhow::Result<EvalResult> {
+    let examples: Vec<_> = task.eval.iter().take(limit).collect();
+    let k = task.objectives.len();
+    let mut sum = vec![0.0; k];
+    let (mut calls, mut tokens, mut answered) = (0u64, 0u64, 0usize);
+    let mut by_category: BTreeMap<String, CategoryResult> = BTreeMap::new();
+    let names = task.tool_names();
+    // Greedy decoding draws nothing; the sampler is only there for the type.
+    let mut sampler = Sampler::new(0);
+    for batch in examples.chunks(BATCH) {
+        let prompts = batch
+            .iter()
+            .map(|e| tokenizer.encode(&tasks::synthetic::prompt(&e.question)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let capacity = session_capacity(model, &prompts, task);
+        let mut turn_model = SessionModel {
+            session: Session::new(model, &prompts, capacity),
+            params,
+            sampler: &mut sampler,
+            tokenizer,
+        };
+        let trajectories =
+            run_episodes(&mut turn_model, tokenizer, tools, &names, &prompts, &task.budgets)?;
+        for (example, t) in batch.iter().zip(&trajectories) {
+            let (y, raw) = score(t, example, &task.objectives, &task.budgets, task.metric);
+            for (s, v) in sum.iter_mut().zip(&y) {
+                *s += v;
+            }
+            calls += u64::from(raw.tool_calls);
+            tokens += u64::from(raw.generated_tokens);
+            answered += usize::from(raw.termination == Termination::Answered);
+            let c = by_category.entry(example.category.clone()).or_default();
+            c.questions += 1;
+            c.accuracy += raw.accuracy;
+            c.tool_calls_per_q += f64::from(raw.tool_calls);
+        }
+    }
+    let n = examples.len().max(1) as f64;
+    for c in by_category.values_mut() {
+        let q = c.questions.max(1) as f64;
+        c.accuracy /= q;
+        c.tool_calls_per_q /= q;
+    }
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let accuracy_index = objective_names.iter().position(|o| o == "accuracy");
+    let hypervolume = Points::new(&mean, k).map_or(0.0, |p| pareto::hv::hypervolume(p, reference));
+    Ok(EvalResult {
+        questions: examples.len(),
+        objectives: objective_names.to_vec(),
+        accuracy: accuracy_index.map_or(0.0, |i| mean[i]),
+        mean,
+        hypervolume,
+        reference: reference.to_vec(),
+        tool_calls_per_q: calls as f64 / n,
+        tokens_per_q: tokens as f64 / n,
+        answered: answered as f64 / n,
+        by_category,
+    })
+}

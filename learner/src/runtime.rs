@@ -1,0 +1,779 @@
+//! The learner process's work (DESIGN.md §2), one task per concern:
+//!
+//! - **membership**: register (offering a collective address in case this learner becomes rank
+//!   0), heartbeat the step, read the rendezvous for rank, world size and the tool-server;
+//! - **weights follower**: the coordinator's `WatchWeights` stream into a `watch` channel;
+//! - **intake** (the `PushTrajectories` handler in `lib.rs`, via [`Shared::accept`]): check,
+//!   de-duplicate, drop stale groups, and queue the rest with backpressure;
+//! - **trainer** ([`train`], a blocking thread): warm start or resume, then per step gather
+//!   `groups_per_step / world` groups, compute advantages with the configured estimator, take
+//!   spec §4's loss, all-reduce the token count, statistics and gradients across ranks, step
+//!   AdamW, report the batch mean to the coordinator, log, publish weights every `sync_every`
+//!   steps and checkpoint every `checkpoint_every`. Held-out evaluations run before RL and at
+//!   the end.
+//!
+//! Shutdown (SIGTERM) cancels the process token: the trainer finishes its step, writes a
+//! checkpoint and returns, so a stopped run resumes where it stopped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actor::setup::{self, TaskSetup};
+use actor::tools::{GrpcTools, ToolClientConfig};
+use actor::weights::{self, Published};
+use anyhow::{Context, bail};
+use pareto::advantages::{self, Stage2Options};
+use pareto::{Dominance, Points};
+use paretopo_proto::v1::coordinator_client::CoordinatorClient;
+use paretopo_proto::v1::{
+    GroupOutcome, ObjectiveVector, ObjectiveWeights, ReportObjectivesRequest, Stage,
+    TrajectoryGroup, WatchWeightsRequest,
+};
+use paretopo_service::cluster::{self, Progress};
+use paretopo_service::{Process, RunConfig};
+use policy::train::AdamWConfig;
+use policy::{AdamW, Qwen2, Tokenizer};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+use crate::checkpoint::{self, TrainerState};
+use crate::collective::TcpCollective;
+use crate::estimator::{Context as EstimatorContext, Estimator};
+use crate::eval::{self, EvalResult};
+use crate::intake::{self, Group, IntakeLimits};
+use crate::loss::LossConfig;
+use crate::step::{Sample, local_gradient};
+use crate::warm_start::{WarmStartConfig, warm_start};
+
+/// A group that passed intake, with where it came from.
+#[derive(Debug)]
+pub struct Queued {
+    /// The actor.
+    pub actor_id: String,
+    /// Its sequence number.
+    pub group_seq: u64,
+    /// The checked group.
+    pub group: Group,
+}
+
+/// What the learner's phases report, for status.
+#[derive(Debug, Clone, Default)]
+pub struct Phase {
+    /// "starting", "warm start", "evaluating", "training", "done".
+    pub name: String,
+    /// Done so far.
+    pub done: u64,
+    /// Out of.
+    pub total: u64,
+}
+
+/// State shared by the trainer, the intake handler and the status service.
+#[derive(Debug)]
+pub struct Shared {
+    /// Steps completed.
+    pub step: AtomicU64,
+    /// The policy version published last.
+    pub policy_version: AtomicU64,
+    /// Groups accepted, stale, duplicate, invalid.
+    pub accepted: AtomicU64,
+    /// Dropped as stale (at intake or when a step takes them).
+    pub stale: AtomicU64,
+    /// Refused as already seen.
+    pub duplicate: AtomicU64,
+    /// Rejected as malformed.
+    pub invalid: AtomicU64,
+    /// Groups in the queue.
+    pub queued: AtomicU64,
+    /// Rank and world once known.
+    pub rank: AtomicU64,
+    /// World size once known (0 before the rendezvous).
+    pub world: AtomicU64,
+    /// The published policy, `None` until the warm start is over.
+    pub published: watch::Sender<Option<Arc<Published>>>,
+    /// The objective weights and stage the coordinator pushes.
+    pub objective_weights: watch::Sender<ObjectiveWeights>,
+    /// What the trainer does now.
+    pub phase: Mutex<Phase>,
+    /// The intake's limits, known once the model is built.
+    pub limits: OnceLock<IntakeLimits>,
+    /// Per actor, the highest sequence number accepted.
+    pub last_seq: Mutex<HashMap<String, u64>>,
+    /// `algorithm.max_staleness`.
+    pub max_staleness: u64,
+    /// The queue the trainer takes groups from.
+    queue: mpsc::Sender<Queued>,
+}
+
+impl Shared {
+    /// New shared state and the receiving end of the training queue (twice a step's groups:
+    /// one step being gathered while the next arrives).
+    pub fn new(config: &RunConfig) -> (Arc<Self>, mpsc::Receiver<Queued>) {
+        let (queue, rx) = mpsc::channel(2 * config.algorithm.groups_per_step as usize);
+        let k = config.task.objectives.len();
+        let shared = Shared {
+            step: AtomicU64::new(0),
+            policy_version: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            duplicate: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            rank: AtomicU64::new(0),
+            world: AtomicU64::new(0),
+            published: watch::Sender::new(None),
+            objective_weights: watch::Sender::new(ObjectiveWeights {
+                objectives: config.task.objectives.clone(),
+                weights: vec![1.0 / k as f64; k],
+                stage: Stage::Scalarization as i32,
+                ..Default::default()
+            }),
+            phase: Mutex::new(Phase { name: "starting".into(), ..Default::default() }),
+            limits: OnceLock::new(),
+            last_seq: Mutex::new(HashMap::new()),
+            max_staleness: config.algorithm.max_staleness,
+            queue,
+        };
+        (Arc::new(shared), rx)
+    }
+
+    fn set_phase(&self, name: &str, done: u64, total: u64) {
+        *self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Phase { name: name.to_owned(), done, total };
+    }
+
+    /// Takes one pushed group: the outcome and, when invalid, why. Waits while the queue is
+    /// full (backpressure on the actor's stream).
+    pub async fn accept(&self, group: TrajectoryGroup) -> (GroupOutcome, String) {
+        let Some(limits) = self.limits.get() else {
+            return (GroupOutcome::Invalid, "the learner is not ready yet".into());
+        };
+        {
+            let seen = self.last_seq.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.get(&group.actor_id).is_some_and(|&last| group.group_seq <= last) {
+                self.duplicate.fetch_add(1, Ordering::Relaxed);
+                return (GroupOutcome::Duplicate, String::new());
+            }
+        }
+        let checked = match intake::check_group(&group, limits) {
+            Ok(checked) => checked,
+            Err(e) => {
+                self.invalid.fetch_add(1, Ordering::Relaxed);
+                return (GroupOutcome::Invalid, e.to_string());
+            }
+        };
+        let version = self.policy_version.load(Ordering::Relaxed);
+        if version.saturating_sub(group.policy_version) > self.max_staleness {
+            self.stale.fetch_add(1, Ordering::Relaxed);
+            return (GroupOutcome::Stale, String::new());
+        }
+        self.last_seq
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(group.actor_id.clone(), group.group_seq);
+        let queued =
+            Queued { actor_id: group.actor_id, group_seq: group.group_seq, group: checked };
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.queue.send(queued).await.is_err() {
+            return (GroupOutcome::Invalid, "the learner has stopped training".into());
+        }
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        (GroupOutcome::Accepted, String::new())
+    }
+}
+
+/// The learner's work, from registration to the end of training or shutdown.
+pub async fn work(
+    config: RunConfig,
+    process: Arc<Process>,
+    shared: Arc<Shared>,
+    queue: mpsc::Receiver<Queued>,
+    device: Device,
+) -> anyhow::Result<()> {
+    let progress = Arc::new(Progress::default());
+    // Every learner offers a collective listener; the one that becomes rank 0 uses it.
+    let host = process.listen_address().ip();
+    let listener = TcpListener::bind(SocketAddr::new(host, 0)).context("binding the collective")?;
+    let advertised_host = process
+        .peer_address()
+        .rsplit_once(':')
+        .map_or_else(|| host.to_string(), |(h, _)| h.to_owned());
+    let collective_address = format!("{advertised_host}:{}", listener.local_addr()?.port());
+    let mut member =
+        cluster::register(&config, &process, 1, Vec::new(), collective_address).await?;
+    member.spawn_heartbeats(process.clone(), progress.clone());
+    let view = member.rendezvous(&process).await?;
+    let world = view.world_size.max(1) as usize;
+    let rank = view.first_rank as usize;
+    shared.rank.store(rank as u64, Ordering::Relaxed);
+    shared.world.store(world as u64, Ordering::Relaxed);
+    let tool_server = view.tool_servers.first().map(|p| p.address.clone());
+    tracing::info!(node = %member.node_id, rank, world, tool_server = ?tool_server, "rendezvous complete");
+    if config.algorithm.groups_per_step as usize % world != 0 {
+        bail!(
+            "key `algorithm.groups_per_step`: {} groups do not split evenly over {world} learner ranks",
+            config.algorithm.groups_per_step
+        );
+    }
+    tokio::spawn(follow_weights(
+        member.client.clone(),
+        member.node_id.clone(),
+        shared.clone(),
+        process.shutdown().clone(),
+    ));
+    let collective = if world > 1 {
+        let root: SocketAddr = view.collective_address.parse().with_context(|| {
+            format!("rank 0's collective address {:?}", view.collective_address)
+        })?;
+        let own = if rank == 0 { Some(listener) } else { None };
+        Some(
+            tokio::task::spawn_blocking(move || {
+                TcpCollective::join(rank, world, root, own, Duration::from_secs(60))
+            })
+            .await??,
+        )
+    } else {
+        None
+    };
+    let tools = match &tool_server {
+        Some(address) => Some(GrpcTools::new(
+            Handle::current(),
+            &format!("http://{address}"),
+            ToolClientConfig { caller_id: member.node_id.clone(), ..Default::default() },
+        )?),
+        None => None,
+    };
+    let trainer = Trainer {
+        config,
+        shared,
+        queue,
+        process: process.clone(),
+        progress,
+        coordinator: member.client.clone(),
+        node_id: member.node_id.clone(),
+        rank,
+        world,
+        collective,
+        tools,
+        device,
+        runtime: Handle::current(),
+    };
+    tokio::task::spawn_blocking(move || trainer.run()).await.context("the trainer panicked")?
+}
+
+/// Follows the coordinator's weights until shutdown, reconnecting with backoff.
+async fn follow_weights(
+    client: CoordinatorClient<Channel>,
+    node_id: String,
+    shared: Arc<Shared>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut client = client.clone();
+        let stream = async {
+            let mut stream = client
+                .watch_weights(WatchWeightsRequest { node_id: node_id.clone() })
+                .await?
+                .into_inner();
+            while let Some(weights) = stream.message().await? {
+                shared.objective_weights.send_if_modified(|current| {
+                    let newer = weights.sequence >= current.sequence;
+                    if newer {
+                        *current = weights.clone();
+                    }
+                    newer
+                });
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = stream => if let Err(e) = result {
+                tracing::debug!(error = %format!("{e:#}"), "weights stream ended");
+            },
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Everything the training thread owns.
+struct Trainer {
+    config: RunConfig,
+    shared: Arc<Shared>,
+    queue: mpsc::Receiver<Queued>,
+    process: Arc<Process>,
+    progress: Arc<Progress>,
+    coordinator: CoordinatorClient<Channel>,
+    node_id: String,
+    rank: usize,
+    world: usize,
+    collective: Option<TcpCollective>,
+    tools: Option<GrpcTools>,
+    device: Device,
+    runtime: Handle,
+}
+
+/// One step's statistics on this rank, in the order they are all-reduced.
+struct StepSums {
+    values: Vec<f64>,
+}
+
+impl Trainer {
+    fn run(mut self) -> anyhow::Result<()> {
+        setup::set_threads(&self.config);
+        let task = setup::task(&self.config)?;
+        let tokenizer = setup::tokenizer(&self.config, &task)?;
+        let model = setup::model(&self.config, &tokenizer, self.device)?;
+        let a = &self.config.algorithm;
+        let mut optimizer = AdamW::new(
+            model.parameters(),
+            AdamWConfig {
+                lr: a.learning_rate,
+                max_grad_norm: Some(a.max_grad_norm),
+                ..Default::default()
+            },
+        );
+        let max_tokens = model.config().max_position_embeddings as usize;
+        let _ = self.shared.limits.set(IntakeLimits {
+            objectives: self.config.task.objectives.len(),
+            vocab_size: model.config().vocab_size as u32,
+            max_tokens,
+        });
+        let run_dir = self.config.run.dir.clone();
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("key `run.dir`: creating {}", run_dir.display()))?;
+        let mut state = match checkpoint::latest(&run_dir)? {
+            Some(dir) => {
+                let state = checkpoint::load(&dir, &model, &mut optimizer)?;
+                tracing::info!(dir = %dir.display(), step = state.step, "resumed from checkpoint");
+                *self.shared.last_seq.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    state.last_group_seq.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                state
+            }
+            None => {
+                self.warm_start(&model, &tokenizer, &task)?;
+                let evaluated = self.evaluate(&model, &tokenizer, &task, "warm_start")?;
+                if let Some(result) = evaluated {
+                    write_eval(&run_dir, "warm_start", &result)?;
+                }
+                TrainerState {
+                    step: 0,
+                    optimizer_step: 0,
+                    policy_version: 0,
+                    groups_consumed: 0,
+                    last_group_seq: BTreeMap::new(),
+                    objective_weights: Vec::new(),
+                    stage: 1,
+                }
+            }
+        };
+        self.shared.step.store(state.step, Ordering::Relaxed);
+        self.progress.progress.store(state.step, Ordering::Relaxed);
+        self.publish(&model, state.policy_version);
+        let total = self.config.algorithm.total_steps;
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run_dir.join("metrics.jsonl"))
+            .context("opening metrics.jsonl")?;
+        let started = Instant::now();
+        while state.step < total {
+            self.shared.set_phase("training", state.step, total);
+            let Some(batch) = self.gather(&state)? else { break };
+            let record = self.step(&model, &mut optimizer, &mut state, batch)?;
+            if self.rank == 0 {
+                writeln!(metrics, "{record}").context("writing metrics.jsonl")?;
+            }
+            let step = state.step;
+            self.shared.step.store(step, Ordering::Relaxed);
+            self.progress.progress.store(step, Ordering::Relaxed);
+            if step % self.config.algorithm.sync_every == 0 {
+                state.policy_version += 1;
+                self.publish(&model, state.policy_version);
+            }
+            if step % self.config.algorithm.checkpoint_every == 0 && step < total && self.rank == 0
+            {
+                checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state)?;
+            }
+            self.process.notify_status_changed();
+        }
+        let stopped_early = state.step < total;
+        if self.rank == 0 {
+            let dir = checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state)?;
+            tracing::info!(step = state.step, dir = %dir.display(), seconds = started.elapsed().as_secs_f64(), "checkpoint written");
+        }
+        if !stopped_early {
+            if let Some(result) = self.evaluate(&model, &tokenizer, &task, "final")? {
+                write_eval(&run_dir, "final", &result)?;
+            }
+            self.shared.set_phase("done", total, total);
+        }
+        Ok(())
+    }
+
+    /// The supervised warm start, when configured and the task has demonstrations.
+    fn warm_start(
+        &self,
+        model: &Qwen2,
+        tokenizer: &Tokenizer,
+        task: &TaskSetup,
+    ) -> anyhow::Result<()> {
+        let a = &self.config.algorithm;
+        if a.warm_start_steps == 0 || task.demonstrations.is_empty() {
+            return Ok(());
+        }
+        let config = WarmStartConfig {
+            steps: a.warm_start_steps as usize,
+            batch_size: a.warm_start_batch as usize,
+            peak_lr: a.warm_start_lr,
+            warmup_steps: 30.min(a.warm_start_steps as usize / 4).max(1),
+            // Every rank starts from the same policy: same draws everywhere.
+            seed: self.config.run.seed,
+        };
+        let total = config.steps as u64;
+        let started = Instant::now();
+        let losses = warm_start(model, tokenizer, &task.demonstrations, &config, |step, loss| {
+            self.shared.set_phase("warm start", step as u64 + 1, total);
+            if step % 50 == 0 {
+                tracing::info!(step, loss, "warm start");
+            }
+        })?;
+        tracing::info!(
+            steps = losses.len(),
+            first_loss = losses.first().copied().unwrap_or(0.0),
+            last_loss = losses.last().copied().unwrap_or(0.0),
+            seconds = started.elapsed().as_secs_f64(),
+            "warm start done"
+        );
+        Ok(())
+    }
+
+    /// A held-out evaluation (rank 0 only, when there is a tool-server and questions).
+    fn evaluate(
+        &mut self,
+        model: &Qwen2,
+        tokenizer: &Tokenizer,
+        task: &TaskSetup,
+        label: &str,
+    ) -> anyhow::Result<Option<EvalResult>> {
+        let limit = self.config.algorithm.eval_questions as usize;
+        let Some(tools) = self.tools.as_mut() else { return Ok(None) };
+        if self.rank != 0 || limit == 0 || task.eval.is_empty() {
+            return Ok(None);
+        }
+        self.shared.set_phase("evaluating", 0, limit.min(task.eval.len()) as u64);
+        let params = setup::sampling(&self.config, tokenizer, true);
+        let reference = hv_reference(&self.config);
+        let started = Instant::now();
+        let result = tch::no_grad(|| {
+            eval::evaluate(
+                model,
+                tokenizer,
+                task,
+                &params,
+                tools,
+                &self.config.task.objectives,
+                &reference,
+                limit,
+            )
+        })?;
+        tracing::info!(
+            label,
+            questions = result.questions,
+            accuracy = result.accuracy,
+            tool_calls_per_q = result.tool_calls_per_q,
+            hypervolume = result.hypervolume,
+            seconds = started.elapsed().as_secs_f64(),
+            "held-out evaluation"
+        );
+        Ok(Some(result))
+    }
+
+    fn publish(&self, model: &Qwen2, version: u64) {
+        let published = Arc::new(weights::publish(model, version));
+        self.shared.policy_version.store(version, Ordering::Relaxed);
+        self.progress.policy_version.store(version, Ordering::Relaxed);
+        self.shared.published.send_replace(Some(published));
+    }
+
+    /// This rank's share of the next step; `None` on shutdown. Groups that went stale while
+    /// queued are dropped and counted.
+    fn gather(&mut self, state: &TrainerState) -> anyhow::Result<Option<Vec<Queued>>> {
+        let wanted = self.config.algorithm.groups_per_step as usize / self.world;
+        let mut batch = Vec::with_capacity(wanted);
+        let shutdown = self.process.shutdown().clone();
+        while batch.len() < wanted {
+            let next = self.runtime.block_on(async {
+                tokio::select! {
+                    () = shutdown.cancelled() => None,
+                    next = self.queue.recv() => next,
+                }
+            });
+            let Some(queued) = next else { return Ok(None) };
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            if state.policy_version.saturating_sub(queued.group.policy_version)
+                > self.config.algorithm.max_staleness
+            {
+                self.shared.stale.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            batch.push(queued);
+        }
+        Ok(Some(batch))
+    }
+
+    fn all_reduce(&mut self, values: &mut [f64]) -> anyhow::Result<()> {
+        if let Some(c) = self.collective.as_mut() {
+            c.all_reduce_sum(values).context("all-reducing step statistics")?;
+        }
+        Ok(())
+    }
+
+    /// One learner step on `batch`; returns the metrics record.
+    fn step(
+        &mut self,
+        model: &Qwen2,
+        optimizer: &mut AdamW,
+        state: &mut TrainerState,
+        batch: Vec<Queued>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let step = state.step + 1;
+        let a = self.config.algorithm.clone();
+        let names = self.config.task.objectives.clone();
+        let k = names.len();
+        // Rank 0's weights and stage hold for every rank: the others contribute zeros.
+        let held = self.shared.objective_weights.borrow().clone();
+        let mut steering = vec![0.0; k + 2];
+        if self.rank == 0 {
+            steering[..k].copy_from_slice(&held.weights);
+            steering[k] = if held.stage == Stage::ParetoRanking as i32 { 2.0 } else { 1.0 };
+            steering[k + 1] = held.sequence as f64;
+        }
+        self.all_reduce(&mut steering)?;
+        let weights = steering[..k].to_vec();
+        let stage = steering[k] as u8;
+        let sequence = steering[k + 1] as u64;
+
+        let estimator: Estimator = a.method.parse().context("key `algorithm.method`")?;
+        let accuracy = names.iter().position(|n| n == "accuracy").unwrap_or(0);
+        let mode = if a.dominance == "plain" {
+            Dominance::Plain
+        } else {
+            Dominance::Constrained { accuracy, threshold: a.correct_threshold }
+        };
+        let context = EstimatorContext {
+            weights: &weights,
+            stage,
+            accuracy,
+            stage2: Stage2Options { mode, lambda_cd: a.lambda_cd, dr_grpo: a.dr_grpo },
+            correct_threshold: a.correct_threshold,
+        };
+        let mut samples: Vec<Sample> = Vec::new();
+        let mut scores: Vec<Vec<f64>> = Vec::new();
+        let mut zero_groups = 0usize;
+        // sums: tokens, trajectories, objectives (K), tool calls, correct, zero groups, groups.
+        let mut sums = StepSums { values: vec![0.0; 2 + k + 4] };
+        for queued in &batch {
+            let g = &queued.group;
+            let n = g.samples.len();
+            let points = Points::new(&g.objectives, k).context("a group's objectives")?;
+            let values = estimator.group_advantages(points, &g.tool_calls, &context);
+            if advantages::all_equal(&values) {
+                zero_groups += 1;
+            }
+            sums.values[1] += n as f64;
+            for (i, y) in g.objectives.chunks(k).enumerate() {
+                for (s, v) in sums.values[2..2 + k].iter_mut().zip(y) {
+                    *s += v;
+                }
+                sums.values[2 + k] += f64::from(g.tool_calls[i]);
+                sums.values[3 + k] += f64::from(u8::from(y[accuracy] >= a.correct_threshold));
+            }
+            sums.values[5 + k] += 1.0;
+            scores.push(values);
+            for s in &g.samples {
+                sums.values[0] += s.generated_tokens() as f64;
+            }
+        }
+        sums.values[4 + k] = zero_groups as f64;
+        // GDPO whitens the group scores over the whole step across ranks (spec §5).
+        let mut moments = vec![0.0; 3];
+        if estimator.whitens_over_the_batch() {
+            for values in &scores {
+                for v in values {
+                    moments[0] += v;
+                    moments[1] += v * v;
+                    moments[2] += 1.0;
+                }
+            }
+        }
+        self.all_reduce(&mut sums.values)?;
+        self.all_reduce(&mut moments)?;
+        if estimator.whitens_over_the_batch() && moments[2] > 0.0 {
+            let mean = moments[0] / moments[2];
+            let std = (moments[1] / moments[2] - mean * mean).max(0.0).sqrt();
+            for values in &mut scores {
+                *values = advantages::whiten_with(values, mean, std);
+            }
+        }
+        for (queued, values) in batch.iter().zip(&scores) {
+            for (s, advantage) in queued.group.samples.iter().zip(values) {
+                samples.push(Sample { advantage: *advantage, ..s.clone() });
+            }
+        }
+        let total_tokens = sums.values[0].max(1.0);
+        let loss_config =
+            LossConfig { clip_low: a.clip_low, clip_high: a.clip_high, kl_coef: a.kl_coef };
+        let gradient =
+            local_gradient(model, &samples, total_tokens, &loss_config, a.temperature, false);
+        let mut flat = Vec::<f32>::try_from(&gradient.flat).context("gradient to host")?;
+        let mut loss_stats = vec![gradient.loss, gradient.stats.clip_fraction];
+        if let Some(c) = self.collective.as_mut() {
+            c.all_reduce_sum(&mut flat).context("all-reducing gradients")?;
+            c.all_reduce_sum(&mut loss_stats).context("all-reducing the loss")?;
+        }
+        let reduced = Tensor::from_slice(&flat).to_device(model.device()).to_kind(Kind::Float);
+        let step_stats = optimizer.step_with(model.parameters(), &reduced);
+
+        let trajectories = sums.values[1].max(1.0);
+        let mean: Vec<f64> = sums.values[2..2 + k].iter().map(|s| s / trajectories).collect();
+        let groups = sums.values[5 + k].max(1.0);
+        let tool_calls = sums.values[2 + k];
+        let metrics_map: HashMap<String, f64> = [
+            ("accuracy", mean[accuracy]),
+            ("tool_calls_per_q", tool_calls / trajectories),
+            (
+                "tool_productivity",
+                if tool_calls > 0.0 { sums.values[3 + k] / tool_calls } else { 0.0 },
+            ),
+            ("tokens_per_answer", sums.values[0] / trajectories),
+            ("zero_advantage_groups", sums.values[4 + k] / groups),
+            ("stale_dropped", self.shared.stale.load(Ordering::Relaxed) as f64),
+            ("loss", loss_stats[0]),
+            ("clip_fraction", loss_stats[1]),
+            ("grad_norm", step_stats.grad_norm),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), v))
+        .collect();
+
+        state.step = step;
+        state.optimizer_step = optimizer.step;
+        state.groups_consumed += a.groups_per_step as u64;
+        for queued in &batch {
+            let last = state.last_group_seq.entry(queued.actor_id.clone()).or_insert(0);
+            *last = (*last).max(queued.group_seq);
+        }
+        state.objective_weights = weights.clone();
+        state.stage = stage;
+
+        let mut report = None;
+        if self.rank == 0 {
+            report = self.report(step, &mean, trajectories as u32, sequence, &metrics_map);
+        }
+        let (hv, archive_size, next_weights) = match &report {
+            Some(w) => (w.hypervolume, w.archive_size, w.weights.clone()),
+            None => (held.hypervolume, held.archive_size, held.weights.clone()),
+        };
+        let time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let mut record = json!({
+            "step": step,
+            "time": time,
+            "stage": stage,
+            "weights": weights,
+            "weights_computed_at": held.computed_at_step,
+            "next_weights": next_weights,
+            "hv": hv,
+            "archive_size": archive_size,
+            "policy_version": state.policy_version,
+            "trajectories": trajectories,
+        });
+        for (name, value) in names.iter().zip(&mean) {
+            record[format!("obj.{name}")] = json!(value);
+        }
+        for (name, value) in &metrics_map {
+            record[name] = json!(value);
+        }
+        Ok(record)
+    }
+
+    /// Sends step `step`'s batch mean to the coordinator; returns the weights it answers.
+    fn report(
+        &mut self,
+        step: u64,
+        mean: &[f64],
+        trajectories: u32,
+        sequence: u64,
+        metrics: &HashMap<String, f64>,
+    ) -> Option<ObjectiveWeights> {
+        let request = ReportObjectivesRequest {
+            node_id: self.node_id.clone(),
+            step,
+            batch_mean: Some(ObjectiveVector {
+                values: mean.iter().map(|v| v.clamp(0.0, 1.0)).collect(),
+            }),
+            trajectories,
+            weights_sequence: sequence,
+            metrics: metrics.clone(),
+        };
+        let mut client = self.coordinator.clone();
+        let reply = self.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), client.report_objectives(request)).await
+        });
+        match reply {
+            Ok(Ok(reply)) => {
+                let weights = reply.into_inner().weights?;
+                self.shared.objective_weights.send_if_modified(|current| {
+                    let newer = weights.sequence >= current.sequence;
+                    if newer {
+                        *current = weights.clone();
+                    }
+                    newer
+                });
+                Some(weights)
+            }
+            Ok(Err(status)) => {
+                tracing::warn!(step, error = %status.message(), "reporting objectives failed");
+                self.progress.error(format!("report at step {step}: {}", status.message()));
+                None
+            }
+            Err(_) => {
+                tracing::warn!(step, "reporting objectives timed out");
+                None
+            }
+        }
+    }
+}
+
+/// The hypervolume reference point of the run.
+pub fn hv_reference(config: &RunConfig) -> Vec<f64> {
+    config
+        .algorithm
+        .hv_reference
+        .clone()
+        .unwrap_or_else(|| vec![-0.01; config.task.objectives.len()])
+}
+
+/// Adds `label`'s result to `eval.json` in the run directory.
+fn write_eval(run_dir: &std::path::Path, label: &str, result: &EvalResult) -> anyhow::Result<()> {
+    let path: PathBuf = run_dir.join("eval.json");
+    let mut all: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    all.insert(label.to_owned(), serde_json::to_value(result)?);
+    std::fs::write(&path, serde_json::to_string_pretty(&all)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
