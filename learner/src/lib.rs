@@ -140,7 +140,9 @@ impl Learner for LearnerService {
         tokio::spawn(async move {
             loop {
                 let current = published.borrow_and_update().clone();
-                if let Some(version) = current.filter(|v| v.version >= have) {
+                // Send a version the subscriber lacks: a newer one, or an older one after a
+                // restart from a checkpoint (the subscriber's is then no longer the learner's).
+                if let Some(version) = current.filter(|v| v.version + 1 != have) {
                     for chunk in &version.chunks {
                         let sent = tokio::select! {
                             () = shutdown.cancelled() => return,
@@ -196,9 +198,20 @@ pub async fn run(launch: Launch) -> anyhow::Result<()> {
         tokio::spawn(runtime::work(launch.config.clone(), process.clone(), shared, queue, device));
     let served = launch.serve(Routes::new(LearnerServer::new(service)));
     tokio::pin!(served);
+    tokio::pin!(work);
     tokio::select! {
-        result = &mut served => result,
-        outcome = work => {
+        result = &mut served => {
+            // Shutdown: the trainer finishes its step and writes a checkpoint; wait for it,
+            // or the process would exit with the checkpoint half written.
+            match tokio::time::timeout(std::time::Duration::from_secs(120), &mut work).await {
+                Ok(Ok(Ok(()))) => tracing::info!("trainer stopped"),
+                Ok(Ok(Err(e))) => tracing::warn!("trainer stopped with an error: {e:#}"),
+                Ok(Err(e)) => tracing::warn!("the trainer panicked: {e}"),
+                Err(_) => tracing::warn!("the trainer did not stop within 120 s"),
+            }
+            result
+        }
+        outcome = &mut work => {
             let result = outcome.unwrap_or_else(|e| Err(anyhow::anyhow!("the trainer panicked: {e}")));
             match &result {
                 Ok(()) => tracing::info!("training finished"),

@@ -357,7 +357,15 @@ impl Trainer {
         let mut state = match checkpoint::latest(&run_dir)? {
             Some(dir) => {
                 let state = checkpoint::load(&dir, &model, &mut optimizer)?;
-                tracing::info!(dir = %dir.display(), step = state.step, "resumed from checkpoint");
+                tracing::info!(
+                    dir = %dir.display(),
+                    step = state.step,
+                    optimizer_step = state.optimizer_step,
+                    groups_consumed = state.groups_consumed,
+                    policy_version = state.policy_version,
+                    digest = %parameter_digest(&model),
+                    "resumed from checkpoint"
+                );
                 *self.shared.last_seq.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                     state.last_group_seq.iter().map(|(k, v)| (k.clone(), *v)).collect();
                 state
@@ -405,14 +413,23 @@ impl Trainer {
             }
             if step % self.config.algorithm.checkpoint_every == 0 && step < total && self.rank == 0
             {
-                checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state)?;
+                let dir = checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state)?;
+                tracing::info!(step, dir = %dir.display(), digest = %parameter_digest(&model), "checkpoint written");
             }
             self.process.notify_status_changed();
         }
         let stopped_early = state.step < total;
+        // Ranks that stepped together hold the same bits; the digest lets anyone check that.
+        tracing::info!(step = state.step, rank = self.rank, digest = %parameter_digest(&model), "final parameters");
         if self.rank == 0 {
             let dir = checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state)?;
-            tracing::info!(step = state.step, dir = %dir.display(), seconds = started.elapsed().as_secs_f64(), "checkpoint written");
+            tracing::info!(
+                step = state.step,
+                dir = %dir.display(),
+                digest = %parameter_digest(&model),
+                seconds = started.elapsed().as_secs_f64(),
+                "checkpoint written"
+            );
         }
         if !stopped_early {
             if let Some(result) = self.evaluate(&model, &tokenizer, &task, "final")? {
@@ -776,4 +793,17 @@ fn write_eval(run_dir: &std::path::Path, label: &str, result: &EvalResult) -> an
     all.insert(label.to_owned(), serde_json::to_value(result)?);
     std::fs::write(&path, serde_json::to_string_pretty(&all)?)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A 64-bit FNV-1a digest of every parameter's bytes, in parameter order.
+pub fn parameter_digest(model: &Qwen2) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (_, p) in model.parameters().iter() {
+        let flat = p.detach().to_device(Device::Cpu).contiguous().reshape([-1]);
+        let bytes = Vec::<u8>::try_from(flat.view_dtype(Kind::Uint8)).unwrap_or_default();
+        for b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
 }

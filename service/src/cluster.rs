@@ -96,9 +96,14 @@ pub async fn register(
                     ),
                 });
             }
-            // Only an unreachable coordinator is worth waiting for; a refusal is final.
+            // An unreachable coordinator is worth waiting for, and so is a full run: a
+            // replacement waits until the node it replaces is marked lost. Other refusals
+            // are final.
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 tracing::debug!(error = %status.message(), "coordinator not reachable yet");
+            }
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                tracing::info!(error = %status.message(), "waiting for a place in the run");
             }
             Err(status) => {
                 anyhow::bail!(

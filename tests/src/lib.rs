@@ -85,6 +85,38 @@ impl Server {
         Server { name, child, grpc, metrics }
     }
 
+    /// Starts `name` with its gRPC port at `grpc` and stderr (the log) appended to `log`: a
+    /// process that runs for a while writes more than a pipe holds.
+    pub fn start_logged(
+        name: &'static str,
+        grpc: SocketAddr,
+        extra: &[&str],
+        log: &Path,
+    ) -> Server {
+        let metrics = free_addr();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
+        let child = Command::new(binary(name))
+            .args(["--listen", &grpc.to_string(), "--metrics-listen", &metrics.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("LD_LIBRARY_PATH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Server { name, child, grpc, metrics }
+    }
+
+    /// Sends SIGKILL: the process dies at once, as a crashed one would.
+    pub fn sigkill(&self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL).expect("send SIGKILL");
+    }
+
     /// Waits until health reports SERVING for the whole server; panics after `timeout`.
     pub async fn wait_serving(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;

@@ -348,11 +348,15 @@ fn libtorch_binaries_need_no_library_path_and_keep_libtorch_cuda() {
     assert!(!String::from_utf8_lossy(&output.stdout).contains("libtorch"));
 }
 
-/// The README's main command: `coordinator run` starts the four binaries, finds them healthy,
-/// and stops them, each exiting 0.
+/// The launcher's smoke test: `coordinator run --check` starts the four binaries, finds them
+/// healthy, and stops them, each exiting 0 (the training run itself is `tests/runtime.rs`).
 #[test]
 fn local_run_starts_all_four_healthy_and_stops_them() {
-    let output = Command::new(binary("coordinator")).arg("run").output().expect("coordinator run");
+    let dir = tempfile::tempdir().expect("run dir");
+    let output = Command::new(binary("coordinator"))
+        .args(["run", "--check", "--set", &format!("run.dir=\"{}\"", dir.path().display())])
+        .output()
+        .expect("coordinator run");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

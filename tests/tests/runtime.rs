@@ -1,0 +1,364 @@
+//! The runtime end to end (issue #6): coordinator, tool-server, learners and actors as real
+//! processes on loopback with a tiny model for a few steps. Each test has its own run
+//! directory and ports; the logs of every process are kept there and printed on failure.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use paretopo_proto::v1::coordinator_client::CoordinatorClient;
+use paretopo_proto::v1::learner_client::LearnerClient;
+use paretopo_proto::v1::{
+    ActorStatus, CoordinatorStatus, GetStatusRequest, LearnerStatus, Role,
+    actor_client::ActorClient,
+};
+use paretopo_tests::{Server, free_addr, workspace_root};
+
+/// A run's settings for a test: tiny, short, with fast heartbeats.
+struct TestRun {
+    dir: tempfile::TempDir,
+    coordinator: SocketAddr,
+    nodes: u32,
+    steps: u64,
+    extra: Vec<String>,
+}
+
+impl TestRun {
+    fn new(nodes: u32, steps: u64, extra: &[&str]) -> Self {
+        TestRun {
+            dir: tempfile::tempdir().expect("run dir"),
+            coordinator: free_addr(),
+            nodes,
+            steps,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn args(&self) -> Vec<String> {
+        let config = workspace_root().join("configs/quickstart.toml");
+        let mut sets = vec![
+            format!("run.dir=\"{}\"", self.path().display()),
+            format!("cluster.coordinator_address=\"{}\"", self.coordinator),
+            format!("cluster.nodes={}", self.nodes),
+            "cluster.heartbeat_interval_ms=200".into(),
+            "cluster.heartbeat_timeout_ms=1500".into(),
+            format!("algorithm.total_steps={}", self.steps),
+            "algorithm.warm_start_steps=10".into(),
+            "algorithm.eval_questions=8".into(),
+            "algorithm.groups_per_step=2".into(),
+            "algorithm.actor_batch_prompts=1".into(),
+            "algorithm.group_size=4".into(),
+            "algorithm.token_budget=48".into(),
+            "algorithm.checkpoint_every=2".into(),
+        ];
+        sets.extend(self.extra.iter().cloned());
+        let mut args = vec!["--config".to_owned(), config.display().to_string()];
+        for set in sets {
+            args.push("--set".into());
+            args.push(set);
+        }
+        args
+    }
+
+    fn start(&self, binary: &'static str, name: &str, grpc: SocketAddr) -> Server {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start_logged(binary, grpc, &args, &self.log(name))
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.path().join(format!("{name}.log"))
+    }
+
+    /// Every log, for a failure message.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut entries: Vec<_> = std::fs::read_dir(self.path())
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        entries.sort();
+        for path in entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            out.push_str(&format!("==== {}\n", path.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn metrics_steps(&self) -> Vec<u64> {
+        std::fs::read_to_string(self.path().join("metrics.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("metrics line is JSON");
+                v["step"].as_u64().expect("step")
+            })
+            .collect()
+    }
+}
+
+async fn coordinator_status(run: &TestRun) -> CoordinatorStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", run.coordinator))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect coordinator");
+    CoordinatorClient::new(channel)
+        .get_status(GetStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+async fn learner_status(server: &Server) -> LearnerStatus {
+    LearnerClient::new(server.channel().await)
+        .get_status(GetStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+async fn actor_status(server: &Server) -> ActorStatus {
+    ActorClient::new(server.channel().await)
+        .get_status(GetStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+/// Polls `check` every 100 ms until it holds; panics with the run's logs after `timeout`.
+async fn wait_until<F, Fut>(run: &TestRun, what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", run.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for `server` to exit 0 within `timeout`.
+fn expect_clean_exit(run: &TestRun, server: &mut Server, timeout: Duration) {
+    match server.wait_exit(timeout) {
+        Some((status, _)) => {
+            assert!(status.success(), "{} exited with {status}\n{}", server.name, run.logs())
+        }
+        None => panic!("{} still running after {timeout:?}\n{}", server.name, run.logs()),
+    }
+}
+
+/// Coordinator, tool-server, one learner and `actors` actors; returns them started and serving.
+async fn start_run(run: &TestRun, actors: usize) -> (Server, Server, Server, Vec<Server>) {
+    let mut coordinator = run.start("coordinator", "coordinator", run.coordinator);
+    coordinator.wait_serving(Duration::from_secs(20)).await;
+    let mut tool_server = run.start("tool-server", "tool-server", free_addr());
+    let mut learner = run.start("learner", "learner", free_addr());
+    let mut started: Vec<Server> =
+        (0..actors).map(|i| run.start("actor", &format!("actor-{i}"), free_addr())).collect();
+    tool_server.wait_serving(Duration::from_secs(20)).await;
+    learner.wait_serving(Duration::from_secs(60)).await;
+    for actor in &mut started {
+        actor.wait_serving(Duration::from_secs(60)).await;
+    }
+    (coordinator, tool_server, learner, started)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_flows_trajectories_steps_publishes_and_records_the_frontier() {
+    let run = TestRun::new(4, 5, &[]);
+    let (mut coordinator, mut tool_server, mut learner, mut actors) = start_run(&run, 2).await;
+
+    // Every node registers with its role.
+    wait_until(&run, "all four nodes registered", Duration::from_secs(30), || async {
+        coordinator_status(&run).await.rendezvous_complete
+    })
+    .await;
+    let status = coordinator_status(&run).await;
+    let mut roles: Vec<i32> = status.nodes.iter().map(|n| n.role).collect();
+    roles.sort_unstable();
+    assert_eq!(
+        roles,
+        [Role::Learner as i32, Role::Actor as i32, Role::Actor as i32, Role::ToolServer as i32],
+        "{status:?}"
+    );
+
+    // The learner steps and the actors follow its versions.
+    wait_until(&run, "both actors on policy version >= 2", Duration::from_secs(120), || async {
+        let mut newest = Vec::new();
+        for actor in &actors {
+            newest.push(actor_status(actor).await.policy_version);
+        }
+        newest.iter().all(|v| *v >= 2)
+    })
+    .await;
+    for actor in &actors {
+        let s = actor_status(actor).await;
+        assert!(s.groups_acked > 0 && s.episodes_total >= 4, "{s:?}");
+        assert_eq!(s.learner_address, learner.grpc.to_string());
+    }
+    let mid = learner_status(&learner).await;
+    assert!(mid.groups_accepted >= 2 && mid.step >= 1, "{mid:?}");
+
+    expect_clean_exit(&run, &mut learner, Duration::from_secs(120));
+    let status = coordinator_status(&run).await;
+    assert_eq!(status.step, 5, "{status:?}");
+    assert_eq!(status.nodes.len(), 4);
+    assert!(
+        !status.frontier.is_empty() && status.weights.as_ref().is_some_and(|w| w.hypervolume > 0.0)
+    );
+    let weights = status.weights.clone().expect("weights");
+    assert_eq!(weights.weights.len(), 3);
+    assert!((weights.weights.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+
+    // The run directory: one metrics line per step, the frontier as the coordinator holds it,
+    // the last checkpoint, both evaluations and the plot.
+    assert_eq!(run.metrics_steps(), [1, 2, 3, 4, 5]);
+    let frontier = std::fs::read_to_string(run.path().join("frontier.csv")).expect("frontier.csv");
+    let mut lines = frontier.lines();
+    assert_eq!(lines.next(), Some("accuracy,tool_efficiency,token_efficiency"));
+    assert_eq!(lines.count(), status.frontier.len());
+    let latest = std::fs::read_to_string(run.path().join("checkpoints/latest")).expect("latest");
+    assert_eq!(latest.trim(), "step-5");
+    for file in ["config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"]
+    {
+        assert!(run.path().join("checkpoints/step-5").join(file).is_file(), "{file}");
+    }
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.path().join("eval.json")).expect("eval"))
+            .expect("eval.json");
+    for label in ["warm_start", "final"] {
+        assert_eq!(eval[label]["questions"], 8, "{eval}");
+        assert!(eval[label]["hypervolume"].as_f64().is_some_and(|hv| hv > 0.0), "{eval}");
+    }
+    assert!(run.path().join("plots/frontier.svg").is_file());
+
+    for actor in &mut actors {
+        actor.sigterm();
+        expect_clean_exit(&run, actor, Duration::from_secs(10));
+    }
+    for server in [&mut tool_server, &mut coordinator] {
+        server.sigterm();
+        expect_clean_exit(&run, server, Duration::from_secs(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_actor_is_marked_lost_and_a_restarted_learner_resumes_from_its_checkpoint() {
+    // Long enough that the learner is still training when it is stopped.
+    let run = TestRun::new(4, 40, &[]);
+    let (_coordinator, _tool_server, mut learner, actors) = start_run(&run, 2).await;
+    wait_until(&run, "step 2", Duration::from_secs(120), || async {
+        learner_status(&learner).await.step >= 2
+    })
+    .await;
+
+    // One actor dies; the coordinator marks it lost and the run goes on with the other.
+    actors[1].sigkill();
+    wait_until(&run, "the killed actor marked lost", Duration::from_secs(15), || async {
+        coordinator_status(&run).await.nodes.iter().any(|n| n.lost && n.role == Role::Actor as i32)
+    })
+    .await;
+    let before = learner_status(&learner).await.step;
+    wait_until(&run, "two more steps with one actor", Duration::from_secs(120), || async {
+        learner_status(&learner).await.step >= before + 2
+    })
+    .await;
+
+    // The learner stops on SIGTERM with a checkpoint of the step it finished.
+    learner.sigterm();
+    expect_clean_exit(&run, &mut learner, Duration::from_secs(30));
+    let latest = std::fs::read_to_string(run.path().join("checkpoints/latest")).expect("latest");
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            run.path().join("checkpoints").join(latest.trim()).join("trainer_state.json"),
+        )
+        .expect("trainer_state.json"),
+    )
+    .expect("json");
+    let saved_step = saved["step"].as_u64().expect("step");
+    assert!(saved_step >= before + 2 && saved_step < 40, "{saved}");
+    let log = std::fs::read_to_string(run.log("learner")).expect("log");
+    let saved_digest =
+        digest_of(&log, "checkpoint written", saved_step).expect("digest of the checkpoint");
+
+    // Started again on the same address, it takes its own place back once the coordinator has
+    // marked it lost, and resumes with the same step, weights, optimizer step and data position.
+    let mut restarted = run.start("learner", "learner-restarted", learner.grpc);
+    restarted.wait_serving(Duration::from_secs(60)).await;
+    expect_clean_exit(&run, &mut restarted, Duration::from_secs(180));
+    let log = std::fs::read_to_string(run.log("learner-restarted")).expect("log");
+    let resumed =
+        log.lines().find(|l| l.contains("resumed from checkpoint")).expect("resumed line");
+    assert!(resumed.contains(&format!("step={saved_step} ")), "{resumed}");
+    assert!(resumed.contains(&format!("optimizer_step={saved_step} ")), "{resumed}");
+    assert!(
+        resumed.contains(&format!("groups_consumed={} ", saved["groups_consumed"])),
+        "{resumed}"
+    );
+    assert!(resumed.contains(&format!("digest={saved_digest}")), "{resumed}\nsaved {saved_digest}");
+
+    // Steps after the checkpoint are redone; the committed sequence ends at T without a gap.
+    let steps = run.metrics_steps();
+    assert_eq!(steps.last(), Some(&40), "{steps:?}");
+    let restart_at = steps.iter().rposition(|&s| s == saved_step + 1).expect("resumed step");
+    assert_eq!(steps[restart_at..], (saved_step + 1..=40).collect::<Vec<_>>()[..], "{steps:?}");
+    assert_eq!(
+        steps[..restart_at].to_vec(),
+        (1..=steps[restart_at - 1]).collect::<Vec<_>>(),
+        "{steps:?}"
+    );
+    let status = coordinator_status(&run).await;
+    assert_eq!(status.step, 40);
+    let lost: Vec<&str> =
+        status.nodes.iter().filter(|n| n.lost).map(|n| n.node_id.as_str()).collect();
+    assert_eq!(lost, ["actor-1"], "{status:?}");
+}
+
+/// The digest logged with `message` at `step=<step>`.
+fn digest_of(log: &str, message: &str, step: u64) -> Option<String> {
+    log.lines()
+        .filter(|l| l.contains(message) && l.contains(&format!("step={step} ")))
+        .find_map(|l| l.split("digest=").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cpu_learner_ranks_hold_the_same_parameters() {
+    // Two learners, each fed by its own actor, all-reduce over TCP; every step both apply the
+    // same summed gradient, so they end with the same bits.
+    let run = TestRun::new(5, 3, &["cluster.local_actors=2"]);
+    let mut coordinator = run.start("coordinator", "coordinator", run.coordinator);
+    coordinator.wait_serving(Duration::from_secs(20)).await;
+    let mut tool_server = run.start("tool-server", "tool-server", free_addr());
+    let mut learners: Vec<Server> =
+        (0..2).map(|i| run.start("learner", &format!("learner-{i}"), free_addr())).collect();
+    let mut actors: Vec<Server> =
+        (0..2).map(|i| run.start("actor", &format!("actor-{i}"), free_addr())).collect();
+    for learner in &mut learners {
+        expect_clean_exit(&run, learner, Duration::from_secs(180));
+    }
+    let digests: Vec<String> = (0..2)
+        .map(|i| {
+            let log = std::fs::read_to_string(run.log(&format!("learner-{i}"))).expect("log");
+            digest_of(&log, "final parameters", 3)
+                .unwrap_or_else(|| panic!("no digest\n{}", run.logs()))
+        })
+        .collect();
+    assert_eq!(digests[0], digests[1], "{}", run.logs());
+    // Both ranks trained: the coordinator saw every step.
+    assert_eq!(coordinator_status(&run).await.step, 3);
+    for server in actors.iter_mut().chain([&mut tool_server, &mut coordinator]) {
+        server.sigterm();
+        expect_clean_exit(&run, server, Duration::from_secs(10));
+    }
+}
