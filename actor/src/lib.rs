@@ -91,10 +91,8 @@ pub async fn run(launch: Launch) -> anyhow::Result<()> {
     let served = launch.serve(Routes::new(ActorServer::new(service)));
     tokio::pin!(served);
     tokio::select! {
-        result = &mut served => {
-            // The server ended (shutdown); the work sees the same token.
-            return result;
-        }
+        // The server ended (shutdown); the work sees the same token.
+        result = &mut served => result,
         outcome = work => {
             let result = outcome.unwrap_or_else(|e| Err(anyhow::anyhow!("the actor's work panicked: {e}")));
             process.shutdown().cancel();

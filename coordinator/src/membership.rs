@@ -322,7 +322,7 @@ mod tests {
         assert!(m.heartbeat(&l, ProcessState::Serving, 10, 3, "", t1));
         assert!(m.expire(t1).is_empty());
         let t2 = t0 + Duration::from_secs(6);
-        assert_eq!(m.expire(t2), [a0.clone()]);
+        assert_eq!(m.expire(t2), std::slice::from_ref(&a0));
         let epoch = m.epoch();
         assert_eq!(m.live(), 1);
         let status = m.statuses(t2);

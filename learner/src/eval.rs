@@ -54,17 +54,28 @@ pub struct EvalResult {
     pub by_category: BTreeMap<String, CategoryResult>,
 }
 
-/// Evaluates `model` greedily on the first `limit` held-out questions of `task`.
+/// How to evaluate.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalSpec<'a> {
+    /// Sampling settings (greedy for evaluation).
+    pub params: &'a SamplingParams,
+    /// The objective names, in the run's order.
+    pub objectives: &'a [String],
+    /// The hypervolume reference point.
+    pub reference: &'a [f64],
+    /// Held-out questions to evaluate, at most.
+    pub limit: usize,
+}
+
+/// Evaluates `model` on the first `spec.limit` held-out questions of `task`.
 pub fn evaluate(
     model: &Qwen2,
     tokenizer: &Tokenizer,
     task: &TaskSetup,
-    params: &SamplingParams,
     tools: &mut impl ToolRunner,
-    objective_names: &[String],
-    reference: &[f64],
-    limit: usize,
+    spec: &EvalSpec<'_>,
 ) -> anyhow::Result<EvalResult> {
+    let EvalSpec { params, objectives: objective_names, reference, limit } = *spec;
     let examples: Vec<_> = task.eval.iter().take(limit).collect();
     let k = task.objectives.len();
     let mut sum = vec![0.0; k];

@@ -216,7 +216,7 @@ pub async fn work(
     shared.world.store(world as u64, Ordering::Relaxed);
     let tool_server = view.tool_servers.first().map(|p| p.address.clone());
     tracing::info!(node = %member.node_id, rank, world, tool_server = ?tool_server, "rendezvous complete");
-    if config.algorithm.groups_per_step as usize % world != 0 {
+    if !(config.algorithm.groups_per_step as usize).is_multiple_of(world) {
         bail!(
             "key `algorithm.groups_per_step`: {} groups do not split evenly over {world} learner ranks",
             config.algorithm.groups_per_step
@@ -494,18 +494,13 @@ impl Trainer {
         let params = setup::sampling(&self.config, tokenizer, true);
         let reference = hv_reference(&self.config);
         let started = Instant::now();
-        let result = tch::no_grad(|| {
-            eval::evaluate(
-                model,
-                tokenizer,
-                task,
-                &params,
-                tools,
-                &self.config.task.objectives,
-                &reference,
-                limit,
-            )
-        })?;
+        let spec = eval::EvalSpec {
+            params: &params,
+            objectives: &self.config.task.objectives,
+            reference: &reference,
+            limit,
+        };
+        let result = tch::no_grad(|| eval::evaluate(model, tokenizer, task, tools, &spec))?;
         tracing::info!(
             label,
             questions = result.questions,
