@@ -85,6 +85,13 @@ pub async fn launch(plan: LaunchPlan) -> anyhow::Result<()> {
     std::fs::write(run_dir.join("config.toml"), config.to_toml()?)
         .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
 
+    if let Ok(latest) = std::fs::read_to_string(run_dir.join("checkpoints/latest")) {
+        println!(
+            "{} holds checkpoint {}: the run resumes from it (another `run.dir` starts afresh)",
+            run_dir.display(),
+            latest.trim()
+        );
+    }
     let mut started = Vec::new();
     let result = run_processes(&plan, &config, &overrides, coordinator, &mut started).await;
     let stopped = stop_all(&mut started).await;

@@ -90,6 +90,20 @@ impl CoordinatorService {
             _ => None,
         };
         let timeout = Duration::from_millis(config.cluster.heartbeat_timeout_ms.into());
+        let saved = read_saved(&config.run.dir)?;
+        let (steering, mean_path, sequence, computed_at_step) = match saved {
+            Some(saved) => {
+                tracing::info!(
+                    step = saved.steering.last_step,
+                    "resuming the weights, archive and stage of the run"
+                );
+                let steering =
+                    Steering::restore(&config.algorithm, objectives.len(), saved.steering)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", STATE_FILE))?;
+                (steering, saved.mean_path, saved.sequence, saved.computed_at_step)
+            }
+            None => (steering, Vec::new(), 0, 0),
+        };
         let state = State {
             membership: Membership::new(config.cluster.nodes, timeout),
             steering,
@@ -97,10 +111,10 @@ impl CoordinatorService {
             collective_address: String::new(),
             latest_mean: None,
             latest_metrics: HashMap::new(),
-            mean_path: Vec::new(),
+            mean_path,
             recent: VecDeque::new(),
-            sequence: 0,
-            computed_at_step: 0,
+            sequence,
+            computed_at_step,
         };
         let initial = weights_message(&objectives, &state);
         Ok(Self {
@@ -190,9 +204,44 @@ impl CoordinatorService {
                 }
                 None => Ok(()),
             });
+        let saved = SavedCoordinator {
+            steering: state.steering.save(),
+            mean_path: state.mean_path.clone(),
+            sequence: state.sequence,
+            computed_at_step: state.computed_at_step,
+        };
+        let result = result.and_then(|()| {
+            let text = serde_json::to_string(&saved).map_err(std::io::Error::other)?;
+            let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(tmp, dir.join(STATE_FILE))
+        });
         if let Err(e) = result {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot write the frontier files");
         }
+    }
+}
+
+/// The coordinator's file in the run directory that a restarted run goes on from.
+pub const STATE_FILE: &str = "coordinator_state.json";
+
+/// What the coordinator saves after every report.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedCoordinator {
+    steering: steering::SavedSteering,
+    mean_path: Vec<Vec<f64>>,
+    sequence: u64,
+    computed_at_step: u64,
+}
+
+fn read_saved(dir: &std::path::Path) -> anyhow::Result<Option<SavedCoordinator>> {
+    let path = dir.join(STATE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
     }
 }
 

@@ -34,6 +34,20 @@ enum Command {
     Run(RunArgs),
     /// Print a running coordinator's status as a table: nodes, weights, stage, frontier.
     Status(StatusArgs),
+    /// Print the resolved run config (file, then overrides, then defaults) as TOML: every key
+    /// with the value a run would use. `service/src/config.rs` documents each key.
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// The run config (TOML); defaults apply without it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Override one config key, e.g. `--set algorithm.group_size=4`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +89,21 @@ fn main() -> ExitCode {
         }
         Some(Command::Run(args)) => local_run(args),
         Some(Command::Status(args)) => status(args),
+        Some(Command::Config(args)) => {
+            let text = RunConfig::load(args.config.as_deref(), &args.overrides)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.to_toml().map_err(|e| e.to_string()));
+            match text {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("coordinator config: error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

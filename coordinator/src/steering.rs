@@ -8,6 +8,29 @@
 
 use pareto::stage1::{GainRule, Stage1, Stage1Config, Stage1Error, StageSwitch};
 use paretopo_service::config::AlgorithmSection;
+use serde::{Deserialize, Serialize};
+
+/// Everything [`Steering`] needs to go on where it stopped (the coordinator saves it in the run
+/// directory after every report, so a restarted run keeps its archive, weights and stage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedSteering {
+    /// The weights published.
+    pub weights: Vec<f64>,
+    /// Stage 1's own weights (they differ from `weights` once Stage 2 froze those).
+    pub stage1_weights: Vec<f64>,
+    /// The EMA policy point.
+    pub ybar: Option<Vec<f64>>,
+    /// The archive's points.
+    pub archive: Vec<Vec<f64>>,
+    /// The stage.
+    pub stage: u8,
+    /// The step Stage 2 began at.
+    pub switch_step: u64,
+    /// HV after each step.
+    pub hv_history: Vec<f64>,
+    /// The last step reported.
+    pub last_step: u64,
+}
 
 /// How the method uses the stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +72,7 @@ pub struct Update {
 #[derive(Debug)]
 pub struct Steering {
     stage1: Stage1,
+    stage1_config: Stage1Config,
     switch: StageSwitch,
     policy: StagePolicy,
     /// The weights published: Stage 1's while it runs, frozen once Stage 2 begins.
@@ -76,7 +100,7 @@ impl Steering {
             config.reference = reference.clone();
         }
         config.archive_cap = algorithm.archive_cap as usize;
-        let stage1 = Stage1::new(config)?;
+        let stage1 = Stage1::new(config.clone())?;
         let mut switch = StageSwitch::for_total_steps(algorithm.total_steps);
         switch.window = algorithm.switch_window as usize;
         switch.tau_rel = algorithm.switch_tau_rel;
@@ -91,6 +115,7 @@ impl Steering {
         Ok(Steering {
             weights: stage1.weights().to_vec(),
             stage1,
+            stage1_config: config,
             switch,
             policy,
             stage,
@@ -161,6 +186,41 @@ impl Steering {
         self.current(switched)
     }
 
+    /// The state to save.
+    pub fn save(&self) -> SavedSteering {
+        SavedSteering {
+            weights: self.weights.clone(),
+            stage1_weights: self.stage1.weights().to_vec(),
+            ybar: self.stage1.ybar().map(<[f64]>::to_vec),
+            archive: self.frontier(),
+            stage: self.stage,
+            switch_step: self.switch_step,
+            hv_history: self.hv_history.clone(),
+            last_step: self.last_step,
+        }
+    }
+
+    /// Goes on from `saved`; the settings (`algorithm`) are the run's, as in [`Steering::new`].
+    pub fn restore(
+        algorithm: &AlgorithmSection,
+        objectives: usize,
+        saved: SavedSteering,
+    ) -> Result<Self, Stage1Error> {
+        let mut steering = Steering::new(algorithm, objectives)?;
+        if saved.weights.len() != objectives || saved.stage1_weights.len() != objectives {
+            return Err(Stage1Error::TooFewObjectives(saved.weights.len()));
+        }
+        let config = steering.stage1_config.clone();
+        steering.stage1 = Stage1::with_state(config, saved.stage1_weights, &saved.archive)?;
+        steering.stage1.set_ybar(saved.ybar);
+        steering.weights = saved.weights;
+        steering.stage = saved.stage;
+        steering.switch_step = saved.switch_step;
+        steering.hv_history = saved.hv_history;
+        steering.last_step = saved.last_step;
+        Ok(steering)
+    }
+
     fn current(&self, switched: bool) -> Update {
         Update {
             weights: self.weights.clone(),
@@ -214,6 +274,11 @@ mod tests {
         let frozen = s.weights().to_vec();
         s.report(11, &[0.99, 0.01]);
         assert_eq!(s.weights(), frozen.as_slice());
+        // Saved and restored, it goes on exactly as the original does.
+        let mut restored =
+            Steering::restore(&algorithm("paretopo", 10), 2, s.save()).expect("restore");
+        assert_eq!(restored.save(), s.save());
+        assert_eq!(restored.report(12, &[0.3, 0.9]), s.report(12, &[0.3, 0.9]));
         let mut only1 = Steering::new(&algorithm("paretopo_stage1_only", 10), 2).expect("s");
         let mut only2 = Steering::new(&algorithm("paretopo_stage2_only", 10), 2).expect("s");
         for t in 1..=10 {

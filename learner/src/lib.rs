@@ -45,6 +45,17 @@ pub struct LearnerService {
 }
 
 impl LearnerService {
+    /// The service over `shared` (the training loop's state), for `run` and for benchmarks
+    /// that drive the intake and the policy stream without a trainer.
+    pub fn new(
+        process: Arc<Process>,
+        device: String,
+        total_steps: u64,
+        shared: Arc<Shared>,
+    ) -> Self {
+        LearnerService { process, device, total_steps, shared }
+    }
+
     fn snapshot(&self) -> LearnerStatus {
         let s = &self.shared;
         let phase = s.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
@@ -187,12 +198,12 @@ pub async fn run(launch: Launch) -> anyhow::Result<()> {
     let device = policy::device_from_setting(&launch.config.model.device)?;
     tracing::info!(device = %policy::device_name(device), "compute device");
     let (shared, queue) = Shared::new(&launch.config);
-    let service = LearnerService {
-        process: launch.process.clone(),
-        device: policy::device_name(device),
-        total_steps: launch.config.algorithm.total_steps,
-        shared: shared.clone(),
-    };
+    let service = LearnerService::new(
+        launch.process.clone(),
+        policy::device_name(device),
+        launch.config.algorithm.total_steps,
+        shared.clone(),
+    );
     let process = launch.process.clone();
     let work =
         tokio::spawn(runtime::work(launch.config.clone(), process.clone(), shared, queue, device));

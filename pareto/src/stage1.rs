@@ -156,6 +156,16 @@ impl Stage1 {
         Ok(stage)
     }
 
+    /// The EMA policy point `ybar` of the last update, if any.
+    pub fn ybar(&self) -> Option<&[f64]> {
+        self.ybar.as_deref()
+    }
+
+    /// Sets the EMA policy point (to resume a saved state).
+    pub fn set_ybar(&mut self, ybar: Option<Vec<f64>>) {
+        self.ybar = ybar;
+    }
+
     /// The current weights.
     pub fn weights(&self) -> &[f64] {
         &self.weights

@@ -1,0 +1,309 @@
+//! The learner's transport over gRPC on loopback (issue #6): how fast it ingests trajectories,
+//! and how long publishing a large policy to actors takes against a plain TCP copy.
+//!
+//! - **ingest**: 4 actor connections stream groups of 8 synthetic 1,024-token trajectories to a
+//!   learner's `PushTrajectories` (the real handler: field checks, de-duplication, staleness,
+//!   the bounded queue, acknowledgements); a task drains the queue as a trainer would. Reports
+//!   trajectories/s and MB/s of encoded protobuf.
+//! - **publish**: a model of `qwen2.5-0.5b`'s shape (random weights, float32 on this CPU, or
+//!   `--dtype bf16`) is cut into chunks and streamed by `WatchPolicy` to 2 subscribers at once,
+//!   timed until both hold every byte; against it, the same number of bytes copied once through
+//!   a plain TCP socket on loopback. The target is within 2x.
+//!
+//! Run with `./dev bench transport` or
+//! `cargo bench -p learner --bench transport -- [--groups N] [--dtype f32|bf16] [--rounds N]`.
+//! Server and clients share this machine's cores; the numbers include that.
+
+use std::io::{Read, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use learner::LearnerService;
+use learner::intake::IntakeLimits;
+use learner::runtime::Shared;
+use paretopo_proto::v1::learner_client::LearnerClient;
+use paretopo_proto::v1::learner_server::LearnerServer;
+use paretopo_proto::v1::{
+    ObjectiveVector, RawMetrics, Trajectory, TrajectoryGroup, WatchPolicyRequest,
+};
+use paretopo_service::process::{Process, ProcessSetup};
+use paretopo_service::{Role, RunConfig};
+use policy::{ModelConfig, Qwen2};
+use prost::Message;
+use tch::{Device, Kind};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+const CONNECTIONS: usize = 4;
+const GROUP_SIZE: usize = 8;
+const TOKENS: usize = 1024;
+
+struct Args {
+    groups: usize,
+    kind: Kind,
+    rounds: usize,
+}
+
+fn args() -> Args {
+    let mut args = Args { groups: 200, kind: Kind::Float, rounds: 3 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--groups" => {
+                args.groups = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.groups)
+            }
+            "--rounds" => {
+                args.rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.rounds)
+            }
+            "--dtype" => {
+                args.kind = match it.next().as_deref() {
+                    Some("bf16") => Kind::BFloat16,
+                    _ => Kind::Float,
+                }
+            }
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    args
+}
+
+/// A group of synthetic trajectories: a 32-token prompt, then generated tokens with tool
+/// output masked in between, as the actor sends them.
+fn group(actor: usize, seq: u64) -> TrajectoryGroup {
+    let trajectories = (0..GROUP_SIZE)
+        .map(|i| {
+            let ids: Vec<u32> =
+                (0..TOKENS).map(|t| ((t * 7 + i * 13 + actor) % 120 + 3) as u32).collect();
+            let mask: Vec<u32> =
+                (0..TOKENS).map(|t| u32::from(t >= 32 && !(400..480).contains(&t))).collect();
+            let logprobs: Vec<f32> =
+                mask.iter().map(|&m| if m == 1 { -0.7 } else { 0.0 }).collect();
+            Trajectory {
+                token_ids: ids,
+                loss_mask: mask,
+                sampling_logprobs: logprobs,
+                objectives: Some(ObjectiveVector { values: vec![1.0, 0.5, 0.2] }),
+                metrics: Some(RawMetrics {
+                    accuracy: 1.0,
+                    tool_calls: 1,
+                    generated_tokens: 912,
+                    termination: 1,
+                    ..Default::default()
+                }),
+                answer_text: "42".into(),
+            }
+        })
+        .collect();
+    TrajectoryGroup {
+        actor_id: format!("actor-{actor}"),
+        group_seq: seq,
+        policy_version: 0,
+        prompt_id: format!("bench:{seq}"),
+        prompt_tokens: 32,
+        trajectories,
+        temperature: 1.0,
+    }
+}
+
+async fn serve(vocab: i64) -> (SocketAddr, Arc<Shared>, Arc<Process>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let process = Arc::new(
+        Process::new(
+            ProcessSetup {
+                role: Role::Learner,
+                run_name: "bench".into(),
+                service_name: "paretopo.v1.Learner",
+                listen_address: address,
+                metrics_address: None,
+                advertised_address: None,
+                drain_timeout: Duration::from_secs(1),
+            },
+            Instant::now(),
+        )
+        .await,
+    );
+    let mut config = RunConfig::default();
+    config.algorithm.groups_per_step = 64;
+    let (shared, mut queue) = Shared::new(&config);
+    let _ = shared.limits.set(IntakeLimits {
+        objectives: 3,
+        vocab_size: vocab as u32,
+        max_tokens: 4096,
+    });
+    // The trainer's side: take groups as fast as they come.
+    tokio::spawn(async move { while queue.recv().await.is_some() {} });
+    let service = LearnerService::new(process.clone(), "cpu".into(), 1, shared.clone());
+    let incoming = TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(LearnerServer::new(service))
+            .serve_with_incoming(incoming),
+    );
+    (address, shared, process)
+}
+
+async fn client(address: SocketAddr) -> LearnerClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect");
+    LearnerClient::new(channel)
+}
+
+/// Streams `groups` groups from each of 4 connections; returns (seconds, trajectories, bytes).
+async fn ingest(address: SocketAddr, groups: usize, round: usize) -> (f64, usize, usize) {
+    let bytes_per_group = group(0, 1).encoded_len();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for actor in 0..CONNECTIONS {
+        let mut client = client(address).await;
+        tasks.push(tokio::spawn(async move {
+            let id = actor + CONNECTIONS * round;
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            let sender = tokio::spawn(async move {
+                for seq in 1..=groups as u64 {
+                    if tx.send(group(id, seq)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut acks = client
+                .push_trajectories(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("push")
+                .into_inner();
+            let mut acked = 0;
+            while acked < groups {
+                let ack = acks.message().await.expect("ack").expect("stream open");
+                assert_eq!(ack.outcome, 1, "accepted: {}", ack.error);
+                acked += 1;
+            }
+            let _ = sender.await;
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let total = groups * CONNECTIONS;
+    (seconds, total * GROUP_SIZE, total * bytes_per_group)
+}
+
+/// Publishes `model` and times 2 subscribers receiving every chunk.
+async fn publish(
+    address: SocketAddr,
+    shared: &Shared,
+    model: &Qwen2,
+    version: u64,
+) -> (f64, usize) {
+    let published = Arc::new(actor::weights::publish(model, version));
+    let bytes: usize = published.chunks.iter().map(|c| c.data.len()).sum();
+    let mut subscribers = Vec::new();
+    for i in 0..2 {
+        let mut client = client(address).await;
+        subscribers.push(tokio::spawn(async move {
+            let request =
+                WatchPolicyRequest { node_id: format!("actor-{i}"), have_version: version };
+            let mut stream = client.watch_policy(request).await.expect("watch").into_inner();
+            let mut received = 0usize;
+            while let Some(chunk) = stream.message().await.expect("chunk") {
+                if chunk.version != version {
+                    continue;
+                }
+                received += chunk.data.len();
+                if chunk.last {
+                    break;
+                }
+            }
+            received
+        }));
+    }
+    // Both subscribers wait on the stream; the clock starts when the version is published.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    shared.published.send_replace(Some(published));
+    for s in subscribers {
+        assert_eq!(s.await.expect("subscriber"), bytes);
+    }
+    (started.elapsed().as_secs_f64(), bytes)
+}
+
+/// Copies `bytes` once through a loopback TCP socket; returns seconds.
+fn plain_tcp(bytes: usize) -> f64 {
+    let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let receiver = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut total = 0;
+        while total < bytes {
+            let n = stream.read(&mut buffer).expect("read");
+            assert!(n > 0, "closed early");
+            total += n;
+        }
+        total
+    });
+    let data = vec![7u8; 1 << 20];
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut sent = 0;
+    while sent < bytes {
+        let n = (bytes - sent).min(data.len());
+        stream.write_all(&data[..n]).expect("write");
+        sent += n;
+    }
+    let received = receiver.join().expect("receiver");
+    assert_eq!(received, bytes);
+    started.elapsed().as_secs_f64()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let args = args();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let config = ModelConfig::named("qwen2.5-0.5b").expect("config");
+        let (address, shared, _process) = serve(config.vocab_size).await;
+
+        println!("ingest: {CONNECTIONS} connections x {} groups of {GROUP_SIZE} trajectories x {TOKENS} tokens", args.groups);
+        let mut rates = Vec::new();
+        for round in 0..args.rounds {
+            let (seconds, trajectories, bytes) = ingest(address, args.groups, round).await;
+            let (tps, mbps) = (trajectories as f64 / seconds, bytes as f64 / seconds / 1e6);
+            println!("  round {round}: {trajectories} trajectories in {seconds:.2} s: {tps:.0} trajectories/s, {mbps:.0} MB/s");
+            rates.push((tps, mbps));
+        }
+        let tps = median(rates.iter().map(|r| r.0).collect());
+        let mbps = median(rates.iter().map(|r| r.1).collect());
+        println!("  median: {tps:.0} trajectories/s, {mbps:.0} MB/s");
+
+        let model = Qwen2::zeros(config, args.kind, Device::Cpu);
+        model.init_random(0);
+        println!("publish: qwen2.5-0.5b shape, {} parameters, {:?}, to 2 subscribers", model.parameters().numel(), args.kind);
+        let mut ratios = Vec::new();
+        for round in 0..args.rounds {
+            let (grpc, bytes) = publish(address, &shared, &model, round as u64 + 1).await;
+            let tcp = tokio::task::spawn_blocking(move || plain_tcp(bytes)).await.expect("tcp");
+            println!(
+                "  round {round}: {:.0} MB: gRPC to 2 subscribers {grpc:.2} s, plain TCP once {tcp:.2} s, ratio {:.2}",
+                bytes as f64 / 1e6,
+                grpc / tcp
+            );
+            ratios.push((grpc, tcp));
+        }
+        let grpc = median(ratios.iter().map(|r| r.0).collect());
+        let tcp = median(ratios.iter().map(|r| r.1).collect());
+        println!("  median: gRPC {grpc:.2} s, plain TCP {tcp:.2} s, ratio {:.2} (target <= 2)", grpc / tcp);
+    });
+}
