@@ -39,7 +39,7 @@ use crate::weights::{Assembler, PolicyVersion, apply};
 use crate::wire;
 
 /// Groups sent but not yet acknowledged, at most.
-pub const MAX_UNACKED: usize = 8;
+pub const MAX_UNACKED: usize = 4;
 
 /// Counters the status service reads.
 #[derive(Debug, Default)]

@@ -146,8 +146,12 @@ fn start(
 ) -> anyhow::Result<Started> {
     let metrics = free_port()?;
     let log_path = config.run.dir.join("logs").join(format!("{name}.log"));
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
+    // Appended, so a resumed run keeps the logs of the runs before it.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let mut command = Command::new(plan.bin_dir.join(binary));
     command
         .arg("--listen")

@@ -84,8 +84,10 @@ pub struct Shared {
     pub policy_version: AtomicU64,
     /// Groups accepted, stale, duplicate, invalid.
     pub accepted: AtomicU64,
-    /// Dropped as stale (at intake or when a step takes them).
+    /// Groups dropped as stale (at intake or when a step takes them).
     pub stale: AtomicU64,
+    /// The trajectories of those groups.
+    pub stale_trajectories: AtomicU64,
     /// Refused as already seen.
     pub duplicate: AtomicU64,
     /// Rejected as malformed.
@@ -113,16 +115,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// New shared state and the receiving end of the training queue (twice a step's groups:
-    /// one step being gathered while the next arrives).
+    /// New shared state and the receiving end of the training queue, which holds one step's
+    /// groups: more would only age in line and be dropped as stale.
     pub fn new(config: &RunConfig) -> (Arc<Self>, mpsc::Receiver<Queued>) {
-        let (queue, rx) = mpsc::channel(2 * config.algorithm.groups_per_step as usize);
+        let (queue, rx) = mpsc::channel(config.algorithm.groups_per_step.max(1) as usize);
         let k = config.task.objectives.len();
         let shared = Shared {
             step: AtomicU64::new(0),
             policy_version: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             stale: AtomicU64::new(0),
+            stale_trajectories: AtomicU64::new(0),
             duplicate: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             queued: AtomicU64::new(0),
@@ -172,6 +175,7 @@ impl Shared {
         let version = self.policy_version.load(Ordering::Relaxed);
         if version.saturating_sub(group.policy_version) > self.max_staleness {
             self.stale.fetch_add(1, Ordering::Relaxed);
+            self.stale_trajectories.fetch_add(group.trajectories.len() as u64, Ordering::Relaxed);
             return (GroupOutcome::Stale, String::new());
         }
         self.last_seq
@@ -539,6 +543,9 @@ impl Trainer {
                 > self.config.algorithm.max_staleness
             {
                 self.shared.stale.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stale_trajectories
+                    .fetch_add(queued.group.samples.len() as u64, Ordering::Relaxed);
                 continue;
             }
             batch.push(queued);
@@ -672,7 +679,8 @@ impl Trainer {
             ),
             ("tokens_per_answer", sums.values[0] / trajectories),
             ("zero_advantage_groups", sums.values[4 + k] / groups),
-            ("stale_dropped", self.shared.stale.load(Ordering::Relaxed) as f64),
+            // Trajectories dropped as stale since the learner started (spec §7).
+            ("stale_dropped", self.shared.stale_trajectories.load(Ordering::Relaxed) as f64),
             ("loss", loss_stats[0]),
             ("clip_fraction", loss_stats[1]),
             ("grad_norm", step_stats.grad_norm),

@@ -336,7 +336,7 @@ fn digest_of(log: &str, message: &str, step: u64) -> Option<String> {
 async fn two_cpu_learner_ranks_hold_the_same_parameters() {
     // Two learners, each fed by its own actor, all-reduce over TCP; every step both apply the
     // same summed gradient, so they end with the same bits.
-    let run = TestRun::new(5, 3, &["cluster.local_actors=2"]);
+    let run = TestRun::new(5, 3, &[]);
     let mut coordinator = run.start("coordinator", "coordinator", run.coordinator);
     coordinator.wait_serving(Duration::from_secs(20)).await;
     let mut tool_server = run.start("tool-server", "tool-server", free_addr());
