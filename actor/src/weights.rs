@@ -82,7 +82,8 @@ pub fn publish(model: &Qwen2, version: u64) -> Published {
     let count = tensors.len() as u32;
     let mut chunks = Vec::new();
     for (name, tensor) in tensors {
-        let bytes = tensor_bytes(tensor);
+        // One buffer per tensor; its chunks are views of it.
+        let bytes = bytes::Bytes::from(tensor_bytes(tensor));
         let shape: Vec<u64> = tensor.size().iter().map(|&d| d as u64).collect();
         let dtype = dtype_of(tensor.kind()) as i32;
         let mut offset = 0;
@@ -95,7 +96,7 @@ pub fn publish(model: &Qwen2, version: u64) -> Published {
                 dtype,
                 shape: shape.clone(),
                 offset: offset as u64,
-                data: bytes[offset..end].to_vec(),
+                data: bytes.slice(offset..end),
                 last: false,
                 tensor_count: count,
             });

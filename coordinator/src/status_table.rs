@@ -28,6 +28,13 @@ fn state_name(state: i32, lost: bool) -> &'static str {
     }
 }
 
+/// `name=value` pairs, three decimals.
+fn named(names: &[String], values: &[f64]) -> String {
+    let pairs: Vec<String> =
+        names.iter().zip(values).map(|(name, v)| format!("{name}={v:.3}")).collect();
+    pairs.join(" ")
+}
+
 /// The status as text: a header with the run's progress and weights, the nodes, the frontier.
 pub fn render(status: &CoordinatorStatus) -> String {
     let mut out = String::new();
@@ -47,26 +54,14 @@ pub fn render(status: &CoordinatorStatus) -> String {
         weights.archive_size,
         status.trajectories_per_second
     );
-    let named: Vec<String> = weights
-        .objectives
-        .iter()
-        .zip(&weights.weights)
-        .map(|(name, w)| format!("{name}={w:.3}"))
-        .collect();
     let _ = writeln!(
         out,
         "weights  {} (computed at step {})",
-        named.join(" "),
+        named(&weights.objectives, &weights.weights),
         weights.computed_at_step
     );
     if let Some(mean) = &status.latest_batch_mean {
-        let named: Vec<String> = weights
-            .objectives
-            .iter()
-            .zip(&mean.values)
-            .map(|(name, v)| format!("{name}={v:.3}"))
-            .collect();
-        let _ = writeln!(out, "batch    {}", named.join(" "));
+        let _ = writeln!(out, "batch    {}", named(&weights.objectives, &mean.values));
     }
     let _ = writeln!(
         out,

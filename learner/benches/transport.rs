@@ -139,6 +139,8 @@ async fn serve(vocab: i64) -> (SocketAddr, Arc<Shared>, Arc<Process>) {
     tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(Some(paretopo_service::grpc::STREAM_WINDOW))
+            .initial_connection_window_size(Some(paretopo_service::grpc::CONNECTION_WINDOW))
             .add_service(LearnerServer::new(service))
             .serve_with_incoming(incoming),
     );
@@ -149,6 +151,8 @@ async fn client(address: SocketAddr) -> LearnerClient<tonic::transport::Channel>
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("endpoint")
         .tcp_nodelay(true)
+        .initial_stream_window_size(paretopo_service::grpc::STREAM_WINDOW)
+        .initial_connection_window_size(paretopo_service::grpc::CONNECTION_WINDOW)
         .connect()
         .await
         .expect("connect");

@@ -51,6 +51,8 @@ pub fn channel(address: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("bad address {address:?}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
+        .initial_stream_window_size(crate::grpc::STREAM_WINDOW)
+        .initial_connection_window_size(crate::grpc::CONNECTION_WINDOW)
         .connect_lazy())
 }
 

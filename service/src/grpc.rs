@@ -33,6 +33,12 @@ pub enum ServeError {
     },
 }
 
+/// HTTP/2 flow-control windows of every server and client. h2's default (64 KiB) lets one
+/// stream carry a few hundred MB/s at most on loopback; weight publication streams gigabytes.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+/// The connection's window: room for a few streams' windows at once.
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+
 /// Serves `routes` (the role's service) with health and reflection on `listener`, marks the
 /// process SERVING, and returns once shutdown has drained.
 pub async fn serve(
@@ -72,8 +78,11 @@ pub async fn serve(
     // Small replies must leave at once: without TCP_NODELAY, Nagle's algorithm meets the peer's
     // delayed ACK and holds some of them for 40 ms (seen as a 40 ms p99 under load).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server =
-        Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, drain_signal);
+    let server = Server::builder()
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, drain_signal);
 
     process.mark_serving().await;
     let backstop = async {
