@@ -176,6 +176,15 @@ impl Assembler {
                 expected: chunk.tensor_count as usize,
             });
         }
+        for (name, t) in &tensors {
+            let expected = t.shape.iter().product::<i64>() as usize * t.kind.elt_size_in_bytes();
+            if t.bytes.len() != expected {
+                return Err(WeightsError::Mismatch {
+                    name: name.clone(),
+                    message: format!("got {} bytes, its shape needs {expected}", t.bytes.len()),
+                });
+            }
+        }
         self.version = None;
         Ok(Some(Arc::new(PolicyVersion { version: chunk.version, tensors })))
     }
