@@ -391,6 +391,7 @@ impl Trainer {
                 }
             }
         };
+        let reference = self.reference(&model, &tokenizer, state.step)?;
         self.shared.step.store(state.step, Ordering::Relaxed);
         self.progress.progress.store(state.step, Ordering::Relaxed);
         self.publish(&model, state.policy_version);
@@ -404,7 +405,8 @@ impl Trainer {
         while state.step < total {
             self.shared.set_phase("training", state.step, total);
             let Some(batch) = self.gather(&state)? else { break };
-            let record = self.step(&model, &mut optimizer, &mut state, batch)?;
+            let record =
+                self.step(&model, reference.as_ref(), &mut optimizer, &mut state, batch)?;
             if self.rank == 0 {
                 writeln!(metrics, "{record}").context("writing metrics.jsonl")?;
             }
@@ -442,6 +444,40 @@ impl Trainer {
             self.shared.set_phase("done", total, total);
         }
         Ok(())
+    }
+
+    /// The reference policy of the KL term (`algorithm.kl_coef > 0`): the policy RL starts
+    /// from, kept in `checkpoints/reference/` so a resumed run measures against the same one.
+    fn reference(
+        &self,
+        model: &Qwen2,
+        tokenizer: &Tokenizer,
+        step: u64,
+    ) -> anyhow::Result<Option<Qwen2>> {
+        if self.config.algorithm.kl_coef <= 0.0 {
+            return Ok(None);
+        }
+        let dir = checkpoint::checkpoints_dir(&self.config.run.dir).join("reference");
+        let reference = setup::model(&self.config, tokenizer, self.device)?;
+        if step == 0 {
+            tch::no_grad(|| {
+                for ((_, src), (_, dst)) in
+                    model.parameters().iter().zip(reference.parameters().iter())
+                {
+                    dst.shallow_clone().copy_(src);
+                }
+            });
+            if self.rank == 0 {
+                let options =
+                    policy::SaveOptions { tokenizer: Some(tokenizer), ..Default::default() };
+                policy::checkpoint::save(&reference, &dir, &options)
+                    .with_context(|| format!("saving the KL reference to {}", dir.display()))?;
+            }
+        } else {
+            policy::checkpoint::load_weights(&reference, &dir)
+                .with_context(|| format!("loading the KL reference from {}", dir.display()))?;
+        }
+        Ok(Some(reference))
     }
 
     /// The supervised warm start, when configured and the task has demonstrations.
@@ -564,6 +600,7 @@ impl Trainer {
     fn step(
         &mut self,
         model: &Qwen2,
+        reference: Option<&Qwen2>,
         optimizer: &mut AdamW,
         state: &mut TrainerState,
         batch: Vec<Queued>,
@@ -655,8 +692,15 @@ impl Trainer {
         let total_tokens = sums.values[0].max(1.0);
         let loss_config =
             LossConfig { clip_low: a.clip_low, clip_high: a.clip_high, kl_coef: a.kl_coef };
-        let gradient =
-            local_gradient(model, &samples, total_tokens, &loss_config, a.temperature, false);
+        let gradient = local_gradient(
+            model,
+            reference,
+            &samples,
+            total_tokens,
+            &loss_config,
+            a.temperature,
+            false,
+        );
         let mut flat = Vec::<f32>::try_from(&gradient.flat).context("gradient to host")?;
         let mut loss_stats = vec![gradient.loss, gradient.stats.clip_fraction];
         if let Some(c) = self.collective.as_mut() {

@@ -54,9 +54,11 @@ fn padded(rows: &[Vec<f32>], width: usize, device: Device) -> Tensor {
 }
 
 /// This rank's gradient for `samples`, with the loss divided by `total_tokens`, the generated
-/// tokens of the whole step over all ranks. Gradients are zeroed first.
+/// tokens of the whole step over all ranks. Gradients are zeroed first. `reference` is the
+/// policy the KL term measures against (spec §4), needed when `config.kl_coef > 0`.
 pub fn local_gradient(
     model: &Qwen2,
+    reference: Option<&Qwen2>,
     samples: &[Sample],
     total_tokens: f64,
     config: &LossConfig,
@@ -76,6 +78,9 @@ pub fn local_gradient(
         .map(|s| s.generated.iter().map(|&g| if g { s.advantage as f32 } else { 0.0 }).collect())
         .collect();
     let advantages = padded(&advantages, width, device);
+    let ref_logprobs = reference
+        .filter(|_| config.kl_coef > 0.0)
+        .map(|r| tch::no_grad(|| train::token_stats(r, &batch, temperature)).logprobs);
     let mut stats = None;
     let (loss, _) = train::backward(model, &batch, temperature, checkpointing, |token_stats| {
         let inputs = LossInputs {
@@ -83,7 +88,7 @@ pub fn local_gradient(
             old_logprobs: &old,
             advantages: &advantages,
             mask: &batch.loss_mask,
-            ref_logprobs: None,
+            ref_logprobs: ref_logprobs.as_ref(),
             total_tokens,
         };
         let (loss, loss_stats) = policy_loss(&inputs, config);

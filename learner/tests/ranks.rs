@@ -76,9 +76,9 @@ fn two_ranks_on_halves_step_like_one_rank_on_the_whole_batch() {
         let batch = samples(&single, &mut rng);
         let total = batch.iter().map(Sample::generated_tokens).sum::<usize>() as f64;
         let (first, second) = batch.split_at(2);
-        let g0 = local_gradient(&rank0, first, total, &config, 1.0, false);
-        let g1 = local_gradient(&rank1, second, total, &config, 1.0, step % 2 == 1);
-        let whole = local_gradient(&single, &batch, total, &config, 1.0, false);
+        let g0 = local_gradient(&rank0, None, first, total, &config, 1.0, false);
+        let g1 = local_gradient(&rank1, None, second, total, &config, 1.0, step % 2 == 1);
+        let whole = local_gradient(&single, None, &batch, total, &config, 1.0, false);
         assert!((g0.loss + g1.loss - whole.loss).abs() < 1e-6, "step {step}: losses add up");
         assert!(whole.stats.clip_fraction > 0.0, "the noise puts some ratios outside the clip");
         // What the all-reduce computes.
@@ -131,8 +131,15 @@ fn ranks_joined_over_tcp_stay_identical() {
                     let mut total =
                         [mine.iter().map(Sample::generated_tokens).sum::<usize>() as f64];
                     collective.all_reduce_sum(&mut total).expect("token count");
-                    let local =
-                        local_gradient(&model, mine, total[0], &LossConfig::default(), 1.0, false);
+                    let local = local_gradient(
+                        &model,
+                        None,
+                        mine,
+                        total[0],
+                        &LossConfig::default(),
+                        1.0,
+                        false,
+                    );
                     let mut flat = Vec::<f32>::try_from(&local.flat).expect("f32");
                     collective.all_reduce_sum(&mut flat).expect("gradients");
                     optimizer.step_with(model.parameters(), &Tensor::from_slice(&flat));
