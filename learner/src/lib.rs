@@ -4,7 +4,7 @@
 //! Modules: [`intake`] (checking an actor's group field by field), [`estimator`] (a group's
 //! advantages under `algorithm.method`), [`loss`] and [`step`] (spec §4's loss and one rank's
 //! gradient), [`collective`] (the all-reduce between CPU ranks over TCP), [`warm_start`] (the
-//! supervised start on demonstrations), [`checkpoint`] (save and resume), [`eval`] (held-out
+//! supervised start on demonstrations), [`nccl`] (the all-reduce on CUDA), [`checkpoint`] (save and resume), [`eval`] (held-out
 //! evaluation) and [`runtime`] (the process: intake queue, training loop, publication). The
 //! gRPC service in this file is the intake stream, the policy stream and status.
 
@@ -14,6 +14,7 @@ pub mod estimator;
 pub mod eval;
 pub mod intake;
 pub mod loss;
+pub mod nccl;
 pub mod runtime;
 pub mod step;
 pub mod warm_start;
@@ -73,7 +74,7 @@ impl LearnerService {
             stage: weights.stage,
             weights: Some(weights),
             device: self.device.clone(),
-            collective: if world > 1 { "cpu" } else { "none" }.to_owned(),
+            collective: s.collective.get().copied().unwrap_or("none").to_owned(),
             phase: phase.name,
             phase_done: phase.done,
             phase_total: phase.total,

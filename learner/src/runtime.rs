@@ -50,6 +50,7 @@ use crate::estimator::{Context as EstimatorContext, Estimator};
 use crate::eval::{self, EvalResult};
 use crate::intake::{self, Group, IntakeLimits};
 use crate::loss::LossConfig;
+use crate::nccl::{self, NcclCollective};
 use crate::step::{Sample, local_gradient};
 use crate::warm_start::{WarmStartConfig, warm_start};
 
@@ -104,6 +105,8 @@ pub struct Shared {
     pub objective_weights: watch::Sender<ObjectiveWeights>,
     /// What the trainer does now.
     pub phase: Mutex<Phase>,
+    /// The collective in use ("none", "cpu", "nccl"), once the rendezvous is done.
+    pub collective: OnceLock<&'static str>,
     /// The intake's limits, known once the model is built.
     pub limits: OnceLock<IntakeLimits>,
     /// Per actor, the highest sequence number accepted.
@@ -139,6 +142,7 @@ impl Shared {
                 ..Default::default()
             }),
             phase: Mutex::new(Phase { name: "starting".into(), ..Default::default() }),
+            collective: OnceLock::new(),
             limits: OnceLock::new(),
             last_seq: Mutex::new(HashMap::new()),
             max_staleness: config.algorithm.max_staleness,
@@ -210,8 +214,13 @@ pub async fn work(
         .rsplit_once(':')
         .map_or_else(|| host.to_string(), |(h, _)| h.to_owned());
     let collective_address = format!("{advertised_host}:{}", listener.local_addr()?.port());
-    let mut member =
-        cluster::register(&config, &process, 1, Vec::new(), collective_address).await?;
+    // On CUDA with NCCL present, every learner also offers a unique id for the same reason.
+    let use_nccl = matches!(device, Device::Cuda(_)) && nccl::available();
+    if matches!(device, Device::Cuda(_)) && !use_nccl {
+        tracing::warn!("no NCCL library found (libnccl.so); learner ranks all-reduce over TCP");
+    }
+    let nccl_id = if use_nccl { nccl::unique_id()? } else { Vec::new() };
+    let mut member = cluster::register(&config, &process, 1, nccl_id, collective_address).await?;
     member.spawn_heartbeats(process.clone(), progress.clone());
     let view = member.rendezvous(&process).await?;
     let world = view.world_size.max(1) as usize;
@@ -232,19 +241,18 @@ pub async fn work(
         shared.clone(),
         process.shutdown().clone(),
     ));
-    let collective = if world > 1 {
-        let root: SocketAddr = view.collective_address.parse().with_context(|| {
-            format!("rank 0's collective address {:?}", view.collective_address)
-        })?;
-        let own = if rank == 0 { Some(listener) } else { None };
-        Some(
-            tokio::task::spawn_blocking(move || {
-                TcpCollective::join(rank, world, root, own, Duration::from_secs(60))
-            })
-            .await??,
-        )
-    } else {
-        None
+    let collective = match device {
+        // NCCL even for one rank, so a single-GPU run exercises the same path as a cluster.
+        Device::Cuda(ordinal) if use_nccl => {
+            CollectivePlan::Nccl { ordinal, id: view.nccl_unique_id.clone() }
+        }
+        _ if world > 1 => {
+            let root: SocketAddr = view.collective_address.parse().with_context(|| {
+                format!("rank 0's collective address {:?}", view.collective_address)
+            })?;
+            CollectivePlan::Tcp { root, listener: if rank == 0 { Some(listener) } else { None } }
+        }
+        _ => CollectivePlan::None,
     };
     let tools = match &tool_server {
         Some(address) => Some(GrpcTools::new(
@@ -264,12 +272,80 @@ pub async fn work(
         node_id: member.node_id.clone(),
         rank,
         world,
-        collective,
+        collective: Some(collective),
         tools,
         device,
         runtime: Handle::current(),
     };
     tokio::task::spawn_blocking(move || trainer.run()).await.context("the trainer panicked")?
+}
+
+/// How this rank will reach the others, decided at the rendezvous. The communicator itself is
+/// made in the training thread, which alone uses it (an NCCL communicator cannot move between
+/// threads).
+#[derive(Debug)]
+enum CollectivePlan {
+    /// A single rank on CPU.
+    None,
+    /// CPU ranks over TCP; rank 0 accepts on its listener.
+    Tcp { root: SocketAddr, listener: Option<TcpListener> },
+    /// NCCL on CUDA device `ordinal` with rank 0's unique id.
+    Nccl { ordinal: usize, id: Vec<u8> },
+}
+
+/// The all-reduce between learner ranks: NCCL on CUDA, TCP between CPU processes, or nothing
+/// for a single CPU rank.
+#[derive(Debug)]
+enum Collective {
+    None,
+    Tcp(TcpCollective),
+    Nccl(NcclCollective),
+}
+
+impl Collective {
+    fn join(plan: CollectivePlan, rank: usize, world: usize) -> anyhow::Result<Self> {
+        Ok(match plan {
+            CollectivePlan::None => Collective::None,
+            CollectivePlan::Tcp { root, listener } => Collective::Tcp(TcpCollective::join(
+                rank,
+                world,
+                root,
+                listener,
+                Duration::from_secs(60),
+            )?),
+            CollectivePlan::Nccl { ordinal, id } => {
+                let joined = NcclCollective::join(ordinal, rank, world, &id)?;
+                tracing::info!(rank, world, ordinal, "NCCL communicator ready");
+                Collective::Nccl(joined)
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Collective::None => "none",
+            Collective::Tcp(_) => "cpu",
+            Collective::Nccl(_) => "nccl",
+        }
+    }
+
+    fn sum_f64(&mut self, values: &mut [f64]) -> anyhow::Result<()> {
+        match self {
+            Collective::None => {}
+            Collective::Tcp(c) => c.all_reduce_sum(values)?,
+            Collective::Nccl(c) => c.all_reduce_sum_f64(values)?,
+        }
+        Ok(())
+    }
+
+    fn sum_f32(&mut self, values: &mut [f32]) -> anyhow::Result<()> {
+        match self {
+            Collective::None => {}
+            Collective::Tcp(c) => c.all_reduce_sum(values)?,
+            Collective::Nccl(c) => c.all_reduce_sum_f32(values)?,
+        }
+        Ok(())
+    }
 }
 
 /// Follows the coordinator's weights until shutdown, reconnecting with backoff.
@@ -323,7 +399,7 @@ struct Trainer {
     node_id: String,
     rank: usize,
     world: usize,
-    collective: Option<TcpCollective>,
+    collective: Option<CollectivePlan>,
     tools: Option<GrpcTools>,
     device: Device,
     runtime: Handle,
@@ -337,6 +413,9 @@ struct StepSums {
 impl Trainer {
     fn run(mut self) -> anyhow::Result<()> {
         setup::set_threads(&self.config);
+        let plan = self.collective.take().unwrap_or(CollectivePlan::None);
+        let mut collective = Collective::join(plan, self.rank, self.world)?;
+        let _ = self.shared.collective.set(collective.name());
         let task = setup::task(&self.config)?;
         let tokenizer = setup::tokenizer(&self.config, &task)?;
         let model = setup::model(&self.config, &tokenizer, self.device)?;
@@ -405,8 +484,14 @@ impl Trainer {
         while state.step < total {
             self.shared.set_phase("training", state.step, total);
             let Some(batch) = self.gather(&state)? else { break };
-            let record =
-                self.step(&model, reference.as_ref(), &mut optimizer, &mut state, batch)?;
+            let record = self.step(
+                &model,
+                reference.as_ref(),
+                &mut collective,
+                &mut optimizer,
+                &mut state,
+                batch,
+            )?;
             if self.rank == 0 {
                 writeln!(metrics, "{record}").context("writing metrics.jsonl")?;
             }
@@ -589,18 +674,12 @@ impl Trainer {
         Ok(Some(batch))
     }
 
-    fn all_reduce(&mut self, values: &mut [f64]) -> anyhow::Result<()> {
-        if let Some(c) = self.collective.as_mut() {
-            c.all_reduce_sum(values).context("all-reducing step statistics")?;
-        }
-        Ok(())
-    }
-
     /// One learner step on `batch`; returns the metrics record.
     fn step(
         &mut self,
         model: &Qwen2,
         reference: Option<&Qwen2>,
+        collective: &mut Collective,
         optimizer: &mut AdamW,
         state: &mut TrainerState,
         batch: Vec<Queued>,
@@ -617,7 +696,7 @@ impl Trainer {
             steering[k] = if held.stage == Stage::ParetoRanking as i32 { 2.0 } else { 1.0 };
             steering[k + 1] = held.sequence as f64;
         }
-        self.all_reduce(&mut steering)?;
+        collective.sum_f64(&mut steering).context("all-reducing the weights")?;
         let weights = steering[..k].to_vec();
         let stage = steering[k] as u8;
         let sequence = steering[k + 1] as u64;
@@ -675,8 +754,8 @@ impl Trainer {
                 }
             }
         }
-        self.all_reduce(&mut sums.values)?;
-        self.all_reduce(&mut moments)?;
+        collective.sum_f64(&mut sums.values).context("all-reducing step statistics")?;
+        collective.sum_f64(&mut moments).context("all-reducing GDPO's moments")?;
         if estimator.whitens_over_the_batch() && moments[2] > 0.0 {
             let mean = moments[0] / moments[2];
             let std = (moments[1] / moments[2] - mean * mean).max(0.0).sqrt();
@@ -703,10 +782,8 @@ impl Trainer {
         );
         let mut flat = Vec::<f32>::try_from(&gradient.flat).context("gradient to host")?;
         let mut loss_stats = vec![gradient.loss, gradient.stats.clip_fraction];
-        if let Some(c) = self.collective.as_mut() {
-            c.all_reduce_sum(&mut flat).context("all-reducing gradients")?;
-            c.all_reduce_sum(&mut loss_stats).context("all-reducing the loss")?;
-        }
+        collective.sum_f32(&mut flat).context("all-reducing gradients")?;
+        collective.sum_f64(&mut loss_stats).context("all-reducing the loss")?;
         let reduced = Tensor::from_slice(&flat).to_device(model.device()).to_kind(Kind::Float);
         let step_stats = optimizer.step_with(model.parameters(), &reduced);
 
