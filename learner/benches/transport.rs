@@ -198,14 +198,17 @@ async fn ingest(address: SocketAddr, groups: usize, round: usize) -> (f64, usize
     (seconds, total * GROUP_SIZE, total * bytes_per_group)
 }
 
-/// Publishes `model` and times 2 subscribers receiving every chunk.
+/// Publishes `model` and times 2 subscribers receiving every chunk; returns the seconds and the
+/// chunks' payloads (for the plain TCP copies of the same bytes).
 async fn publish(
     address: SocketAddr,
     shared: &Shared,
     model: &Qwen2,
     version: u64,
-) -> (f64, usize) {
+) -> (f64, Arc<Vec<bytes::Bytes>>) {
     let published = Arc::new(actor::weights::publish(model, version));
+    let payloads: Arc<Vec<bytes::Bytes>> =
+        Arc::new(published.chunks.iter().map(|c| c.data.clone()).collect());
     let bytes: usize = published.chunks.iter().map(|c| c.data.len()).sum();
     let mut subscribers = Vec::new();
     for i in 0..2 {
