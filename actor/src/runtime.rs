@@ -94,6 +94,7 @@ pub async fn work(
     tokio::spawn(follow_policy(
         learner.clone(),
         member.node_id.clone(),
+        config.cluster.weights_transport == "tcp",
         policy_tx,
         process.shutdown().clone(),
     ));
@@ -283,9 +284,12 @@ fn to_group(
 }
 
 /// Subscribes to the learner's policy versions until shutdown, reconnecting with backoff.
+/// With `raw_tcp`, the stream carries notices and each version's bytes come over plain TCP
+/// ([`fetch_raw`]); otherwise the stream carries the chunks.
 pub async fn follow_policy(
     learner: String,
     node_id: String,
+    raw_tcp: bool,
     newest: watch::Sender<Option<Arc<PolicyVersion>>>,
     shutdown: CancellationToken,
 ) {
@@ -294,10 +298,20 @@ pub async fn follow_policy(
         let have_version = newest.borrow().as_ref().map_or(0, |v| v.version + 1);
         let result = async {
             let mut client = LearnerClient::new(cluster::channel(&learner)?);
-            let request = WatchPolicyRequest { node_id: node_id.clone(), have_version };
+            let request = WatchPolicyRequest { node_id: node_id.clone(), have_version, raw_tcp };
             let mut stream = client.watch_policy(request).await?.into_inner();
             let mut assembler = Assembler::default();
+            // The version before, once the sampler has let go of it: its buffers are reused.
+            let mut staging: Option<PolicyVersion> = None;
             while let Some(chunk) = stream.message().await? {
+                if !chunk.raw_address.is_empty() {
+                    let version =
+                        fetch_raw(&chunk.raw_address, chunk.version, staging.take()).await?;
+                    tracing::debug!(version = version.version, "fetched a policy version over TCP");
+                    let old = newest.send_replace(Some(Arc::new(version)));
+                    staging = old.and_then(|old| Arc::try_unwrap(old).ok());
+                    continue;
+                }
                 if let Some(version) = assembler.push(chunk)? {
                     tracing::debug!(version = version.version, "received a policy version");
                     newest.send_replace(Some(version));
@@ -318,6 +332,36 @@ pub async fn follow_policy(
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Fetches policy `version` (or a newer one, if the learner has moved on) from a learner's
+/// raw weights port: sends the version wanted (u64, little-endian), reads one version in
+/// [`crate::weights::read_raw`]'s format on a blocking thread (plain blocking reads of large
+/// buffers are what makes this path fast), into `staging`'s buffers where they fit. Every
+/// read and write times out after two minutes.
+pub async fn fetch_raw(
+    address: &str,
+    version: u64,
+    staging: Option<PolicyVersion>,
+) -> anyhow::Result<PolicyVersion> {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to the weights port {address}"))?
+        .into_std()?;
+    let fetch = move || -> std::io::Result<PolicyVersion> {
+        use std::io::Write as _;
+        let mut stream = stream;
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(120)))?;
+        stream.write_all(&version.to_le_bytes())?;
+        crate::weights::read_raw(&mut std::io::BufReader::with_capacity(1 << 16, stream), staging)
+    };
+    tokio::task::spawn_blocking(fetch)
+        .await
+        .context("the weights fetch panicked")?
+        .with_context(|| format!("fetching policy version {version} from {address}"))
 }
 
 /// Streams groups to the learner until shutdown; after a lost connection, reconnects with

@@ -4,6 +4,11 @@
 //! their Hugging Face names in the model's own order and dtype, so a version is exactly the
 //! learner's parameters: no conversion, no rounding.
 //!
+//! The same versions also travel over plain TCP ([`write_raw`], [`read_raw`]): one header
+//! naming every tensor with its dtype, shape and length, then the tensors' bytes back to back,
+//! written straight from the chunks' buffers. The gRPC stream costs several copies per byte in
+//! its framing; a large policy moves several times faster this way (BENCHMARKS.md).
+//!
 //! What it does not do: decide when to publish or subscribe (the learner's and the actor's
 //! loops do).
 
@@ -12,6 +17,7 @@ use std::sync::Arc;
 
 use paretopo_proto::v1::{DType, WeightChunk};
 use policy::Qwen2;
+use std::io::{Read, Write};
 use tch::{Device, Kind, Tensor};
 
 /// The largest chunk payload: 1 MiB keeps every message far below gRPC's 4 MiB default.
@@ -99,6 +105,7 @@ pub fn publish(model: &Qwen2, version: u64) -> Published {
                 data: bytes.slice(offset..end),
                 last: false,
                 tensor_count: count,
+                raw_address: String::new(),
             });
             offset = end;
             if offset >= bytes.len() {
@@ -190,6 +197,124 @@ impl Assembler {
     }
 }
 
+/// The first bytes of a raw version: format and its revision.
+const RAW_MAGIC: &[u8; 4] = b"PPW1";
+/// Longest tensor name and most dimensions a raw header may carry (a bound on bad input).
+const RAW_MAX_NAME: usize = 1024;
+const RAW_MAX_DIMS: usize = 8;
+/// Most tensors in a raw version.
+const RAW_MAX_TENSORS: usize = 1 << 16;
+
+/// Writes `published` in the raw format: `PPW1`, the version (u64), the tensor count (u32),
+/// per tensor its name (u16 length + UTF-8), dtype (u8, `DType`), dimensions (u8 count + u64
+/// each) and byte length (u64), then every tensor's bytes in header order. All integers are
+/// little-endian.
+pub fn write_raw(out: &mut impl Write, published: &Published) -> std::io::Result<()> {
+    // Chunks come tensor by tensor in order, so a tensor's chunks are consecutive.
+    let mut tensors: Vec<(&WeightChunk, u64)> = Vec::new();
+    for chunk in &published.chunks {
+        match tensors.last_mut() {
+            Some((first, len)) if first.tensor_name == chunk.tensor_name => {
+                *len += chunk.data.len() as u64;
+            }
+            _ => tensors.push((chunk, chunk.data.len() as u64)),
+        }
+    }
+    let mut header = Vec::with_capacity(64 * tensors.len() + 16);
+    header.extend_from_slice(RAW_MAGIC);
+    header.extend_from_slice(&published.version.to_le_bytes());
+    header.extend_from_slice(&(tensors.len() as u32).to_le_bytes());
+    for (chunk, len) in &tensors {
+        let name = chunk.tensor_name.as_bytes();
+        header.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        header.extend_from_slice(name);
+        header.push(chunk.dtype as u8);
+        header.push(chunk.shape.len() as u8);
+        for d in &chunk.shape {
+            header.extend_from_slice(&d.to_le_bytes());
+        }
+        header.extend_from_slice(&len.to_le_bytes());
+    }
+    out.write_all(&header)?;
+    for chunk in &published.chunks {
+        out.write_all(&chunk.data)?;
+    }
+    out.flush()
+}
+
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+fn read_array<const N: usize>(input: &mut impl Read) -> std::io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    input.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads one version in the raw format ([`write_raw`]) into the buffers of `staging` (an
+/// earlier version no one holds any more) where they fit; malformed input is an `InvalidData`
+/// error, never a panic or an unbounded allocation before the bytes arrive. Blocking: call it
+/// from a blocking thread.
+pub fn read_raw(
+    input: &mut impl Read,
+    mut staging: Option<PolicyVersion>,
+) -> std::io::Result<PolicyVersion> {
+    let magic: [u8; 4] = read_array(input)?;
+    if &magic != RAW_MAGIC {
+        return Err(invalid(format!("not a raw policy version (magic {magic:?})")));
+    }
+    let version = u64::from_le_bytes(read_array(input)?);
+    let count = u32::from_le_bytes(read_array(input)?) as usize;
+    if count > RAW_MAX_TENSORS {
+        return Err(invalid(format!("{count} tensors is more than {RAW_MAX_TENSORS}")));
+    }
+    let mut order = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name_len = u16::from_le_bytes(read_array(input)?) as usize;
+        if name_len > RAW_MAX_NAME {
+            return Err(invalid(format!("a tensor name of {name_len} bytes")));
+        }
+        let mut name = vec![0u8; name_len];
+        input.read_exact(&mut name)?;
+        let name = String::from_utf8(name).map_err(|e| invalid(format!("tensor name: {e}")))?;
+        let [dtype] = read_array::<1>(input)?;
+        let kind =
+            kind_of(i32::from(dtype)).ok_or_else(|| invalid(format!("{name}: dtype {dtype}")))?;
+        let [dims] = read_array::<1>(input)?;
+        let dims = dims as usize;
+        if dims > RAW_MAX_DIMS {
+            return Err(invalid(format!("{name}: {dims} dimensions")));
+        }
+        let mut shape = Vec::with_capacity(dims);
+        for _ in 0..dims {
+            let d = u64::from_le_bytes(read_array(input)?);
+            shape.push(i64::try_from(d).map_err(|e| invalid(e.to_string()))?);
+        }
+        let len = u64::from_le_bytes(read_array(input)?);
+        let expected = shape.iter().try_fold(kind.elt_size_in_bytes() as u64, |acc, &d| {
+            acc.checked_mul(u64::try_from(d).ok()?)
+        });
+        if expected != Some(len) {
+            return Err(invalid(format!("{name}: {len} bytes for shape {shape:?} {kind:?}")));
+        }
+        order.push((name, ReceivedTensor { shape, kind, bytes: Vec::new() }, len as usize));
+    }
+    let mut tensors = HashMap::with_capacity(count);
+    for (name, mut tensor, len) in order {
+        // A buffer of the version before is reused when it fits: its pages are already
+        // there, and first-touch page faults on gigabytes of fresh memory cost more than the
+        // transfer itself.
+        tensor.bytes = match staging.as_mut().and_then(|old| old.tensors.remove(&name)) {
+            Some(old) if old.bytes.len() == len => old.bytes,
+            _ => vec![0u8; len],
+        };
+        input.read_exact(&mut tensor.bytes)?;
+        tensors.insert(name, tensor);
+    }
+    Ok(PolicyVersion { version, tensors })
+}
+
 /// Copies `version` into `model`; every tensor of the model must be there with its shape and
 /// dtype, or nothing is copied.
 pub fn apply(model: &Qwen2, version: &PolicyVersion) -> Result<(), WeightsError> {
@@ -268,6 +393,37 @@ mod tests {
         for ((name, a), (_, b)) in source.checkpoint_tensors().zip(target.checkpoint_tensors()) {
             assert!(a.equal(b), "{name} differs");
         }
+    }
+
+    #[test]
+    fn a_version_sent_raw_is_the_same_bits_and_bad_headers_are_errors() {
+        let (source, target) = (model(3), model(4));
+        let published = publish(&source, 9);
+        let mut wire = Vec::new();
+        write_raw(&mut wire, &published).expect("write");
+        let version = read_raw(&mut wire.as_slice(), None).expect("read");
+        // Read again into the first one's buffers: the same bits.
+        let again = read_raw(&mut wire.as_slice(), Some(version.clone())).expect("reuse");
+        for (name, t) in &version.tensors {
+            assert_eq!(again.tensors[name].bytes, t.bytes, "{name}");
+        }
+        assert_eq!(version.version, 9);
+        apply(&target, &version).expect("apply");
+        for ((name, a), (_, b)) in source.checkpoint_tensors().zip(target.checkpoint_tensors()) {
+            assert!(a.equal(b), "{name} differs");
+        }
+        // Cut short anywhere, or with a wrong magic or byte length, it is an error.
+        for cut in [3, 20, wire.len() / 2, wire.len() - 1] {
+            assert!(read_raw(&mut &wire[..cut], None).is_err(), "cut at {cut}");
+        }
+        let mut bad = wire.clone();
+        bad[0] = b'X';
+        assert!(read_raw(&mut bad.as_slice(), None).is_err());
+        // A tensor count past the bound (bytes 12..16) is refused before anything is allocated.
+        let mut bad = wire.clone();
+        bad[12..16].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        let err = read_raw(&mut bad.as_slice(), None).expect_err("tensor count");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! advantages under `algorithm.method`), [`loss`] and [`step`] (spec §4's loss and one rank's
 //! gradient), [`collective`] (the all-reduce between CPU ranks over TCP), [`warm_start`] (the
 //! supervised start on demonstrations), [`nccl`] (the all-reduce on CUDA), [`checkpoint`] (save and resume), [`eval`] (held-out
-//! evaluation) and [`runtime`] (the process: intake queue, training loop, publication). The
+//! evaluation), [`weights_server`] (policy versions over plain TCP) and [`runtime`] (the
+//! process: intake queue, training loop, publication). The
 //! gRPC service in this file is the intake stream, the policy stream and status.
 
 pub mod checkpoint;
@@ -18,6 +19,7 @@ pub mod nccl;
 pub mod runtime;
 pub mod step;
 pub mod warm_start;
+pub mod weights_server;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -145,7 +147,10 @@ impl Learner for LearnerService {
         &self,
         request: Request<WatchPolicyRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let mut have = request.into_inner().have_version;
+        let request = request.into_inner();
+        let mut have = request.have_version;
+        // Notices instead of chunks, when asked for and this learner serves a raw port.
+        let raw_address = self.shared.raw_address.get().cloned().filter(|_| request.raw_tcp);
         let (tx, rx) = mpsc::channel(4);
         let mut published = self.shared.published.subscribe();
         let shutdown = self.process.shutdown().clone();
@@ -155,6 +160,24 @@ impl Learner for LearnerService {
                 // Send a version the subscriber lacks: a newer one, or an older one after a
                 // restart from a checkpoint (the subscriber's is then no longer the learner's).
                 if let Some(version) = current.filter(|v| v.version + 1 != have) {
+                    if let Some(address) = &raw_address {
+                        let notice = WeightChunk {
+                            version: version.version,
+                            last: true,
+                            tensor_count: version.chunks.last().map_or(0, |c| c.tensor_count),
+                            raw_address: address.clone(),
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(notice)).await.is_err() {
+                            return;
+                        }
+                        have = version.version + 1;
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            changed = published.changed() => if changed.is_err() { return },
+                        }
+                        continue;
+                    }
                     for chunk in &version.chunks {
                         let sent = tokio::select! {
                             () = shutdown.cancelled() => return,

@@ -105,6 +105,8 @@ pub struct Shared {
     pub objective_weights: watch::Sender<ObjectiveWeights>,
     /// What the trainer does now.
     pub phase: Mutex<Phase>,
+    /// The raw weights port ("host:port"), once it is bound.
+    pub raw_address: OnceLock<String>,
     /// The collective in use ("none", "cpu", "nccl"), once the rendezvous is done.
     pub collective: OnceLock<&'static str>,
     /// The intake's limits, known once the model is built.
@@ -142,6 +144,7 @@ impl Shared {
                 ..Default::default()
             }),
             phase: Mutex::new(Phase { name: "starting".into(), ..Default::default() }),
+            raw_address: OnceLock::new(),
             collective: OnceLock::new(),
             limits: OnceLock::new(),
             last_seq: Mutex::new(HashMap::new()),
@@ -214,6 +217,18 @@ pub async fn work(
         .rsplit_once(':')
         .map_or_else(|| host.to_string(), |(h, _)| h.to_owned());
     let collective_address = format!("{advertised_host}:{}", listener.local_addr()?.port());
+    // The raw weights port, for actors that fetch versions over plain TCP.
+    let weights_listener = tokio::net::TcpListener::bind(SocketAddr::new(host, 0))
+        .await
+        .context("binding the weights port")?;
+    let _ = shared
+        .raw_address
+        .set(format!("{advertised_host}:{}", weights_listener.local_addr()?.port()));
+    tokio::spawn(crate::weights_server::serve(
+        weights_listener,
+        shared.published.subscribe(),
+        process.shutdown().clone(),
+    ));
     // On CUDA with NCCL present, every learner also offers a unique id for the same reason.
     let use_nccl = matches!(device, Device::Cuda(_)) && nccl::available();
     if matches!(device, Device::Cuda(_)) && !use_nccl {

@@ -115,6 +115,10 @@ pub struct ClusterSection {
     /// Actors the local launcher (`coordinator run`) starts, beside one learner and one
     /// tool-server; `nodes` must then be `local_actors + 2`.
     pub local_actors: u32,
+    /// How actors fetch policy weights: `tcp` (a notice on the gRPC stream, the bytes over a
+    /// plain TCP port of the learner: several times faster for large policies) or `grpc`
+    /// (the bytes in the stream's chunks).
+    pub weights_transport: String,
 }
 
 impl Default for ClusterSection {
@@ -125,6 +129,7 @@ impl Default for ClusterSection {
             heartbeat_interval_ms: 1000,
             heartbeat_timeout_ms: 5000,
             local_actors: 2,
+            weights_transport: "tcp".into(),
         }
     }
 }
@@ -551,6 +556,12 @@ impl RunConfig {
         }
         if let Err((key, message)) = self.tool_server.validate() {
             return fail(&format!("tool_server.{key}"), message);
+        }
+        if !matches!(self.cluster.weights_transport.as_str(), "tcp" | "grpc") {
+            return fail(
+                "cluster.weights_transport",
+                format!("expected `tcp` or `grpc`, got {:?}", self.cluster.weights_transport),
+            );
         }
         if self.cluster.nodes == 0 {
             return fail("cluster.nodes", "must be at least 1".into());

@@ -254,8 +254,9 @@ async fn a_run_flows_trajectories_steps_publishes_and_records_the_frontier() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_actor_is_marked_lost_and_a_restarted_learner_resumes_from_its_checkpoint() {
-    // Long enough that the learner is still training when it is stopped.
-    let run = TestRun::new(4, 40, &[]);
+    // Long enough that the learner is still training when it is stopped. The actors take
+    // weights as chunks on the gRPC stream here (the other tests use the raw TCP port).
+    let run = TestRun::new(4, 40, &["cluster.weights_transport=\"grpc\""]);
     let (_coordinator, _tool_server, mut learner, actors) = start_run(&run, 2).await;
     wait_until(&run, "step 2", Duration::from_secs(120), || async {
         learner_status(&learner).await.step >= 2
