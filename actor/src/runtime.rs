@@ -374,6 +374,7 @@ pub async fn push_groups(
 ) {
     let mut pending: VecDeque<TrajectoryGroup> = VecDeque::new();
     let mut backoff = Duration::from_millis(100);
+    let mut failures = 0u64;
     loop {
         let connection = async {
             let mut client = LearnerClient::new(cluster::channel(&learner)?);
@@ -384,6 +385,7 @@ pub async fn push_groups(
                 tokio::select! {
                     ack = acks.message() => {
                         let Some(ack) = ack? else { anyhow::bail!("the learner closed the stream") };
+                        failures = 0;
                         while pending.front().is_some_and(|g| g.group_seq <= ack.group_seq) {
                             pending.pop_front();
                         }
@@ -411,7 +413,14 @@ pub async fn push_groups(
                 Ok(true) => return, // the sampler stopped
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), pending = pending.len(), "learner stream lost; reconnecting");
+                    // One warning per outage (and one a minute while it lasts), not one per try.
+                    failures += 1;
+                    let error = format!("{e:#}");
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::warn!(%error, failures, pending = pending.len(), "learner stream lost; reconnecting");
+                    } else {
+                        tracing::debug!(%error, failures, "learner stream still lost");
+                    }
                 }
             },
         }

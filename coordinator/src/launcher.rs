@@ -272,12 +272,12 @@ async fn follow(config: &RunConfig, started: &mut [Started]) -> anyhow::Result<(
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {
                 finish_line(terminal);
-                println!("stopping: the learner writes a checkpoint; run the same command to resume");
+                println!("stopping (Ctrl-C): every process finishes what it is doing");
                 return Ok(());
             }
             _ = sigterm.recv() => {
                 finish_line(terminal);
-                println!("stopping on SIGTERM: the learner writes a checkpoint");
+                println!("stopping (SIGTERM): every process finishes what it is doing");
                 return Ok(());
             }
             _ = ticker.tick() => {}
@@ -390,10 +390,24 @@ fn print_outcome(run_dir: &Path) {
             }
         }
     }
-    println!(
-        "run directory {}: config.toml, metrics.jsonl, eval.json, frontier.csv, plots/frontier.svg, checkpoints/",
-        run_dir.display()
-    );
+    match std::fs::read_to_string(run_dir.join("checkpoints/latest")) {
+        Ok(latest) => println!(
+            "checkpoint {}: the same command resumes from it (another `run.dir` starts afresh)",
+            latest.trim()
+        ),
+        Err(_) => println!("no checkpoint yet: the next run starts from the beginning"),
+    }
+    let wanted = [
+        "config.toml",
+        "metrics.jsonl",
+        "eval.json",
+        "frontier.csv",
+        "plots",
+        "checkpoints",
+        "logs",
+    ];
+    let present: Vec<&str> = wanted.into_iter().filter(|f| run_dir.join(f).exists()).collect();
+    println!("run directory {}: {}", run_dir.display(), present.join(", "));
 }
 
 /// SIGTERM to every child still running, actors first and the coordinator last; the learner

@@ -469,7 +469,10 @@ impl Trainer {
                 state
             }
             None => {
-                self.warm_start(&model, &tokenizer, &task)?;
+                if !self.warm_start(&model, &tokenizer, &task)? {
+                    // Nothing worth a checkpoint yet: the next run starts from scratch.
+                    return Ok(());
+                }
                 let evaluated = self.evaluate(&model, &tokenizer, &task, "warm_start")?;
                 if let Some(result) = evaluated {
                     write_eval(&run_dir, "warm_start", &result)?;
@@ -580,16 +583,17 @@ impl Trainer {
         Ok(Some(reference))
     }
 
-    /// The supervised warm start, when configured and the task has demonstrations.
+    /// The supervised warm start, when configured and the task has demonstrations; false when
+    /// a shutdown stopped it before its last step.
     fn warm_start(
         &self,
         model: &Qwen2,
         tokenizer: &Tokenizer,
         task: &TaskSetup,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let a = &self.config.algorithm;
         if a.warm_start_steps == 0 || task.demonstrations.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let config = WarmStartConfig {
             steps: a.warm_start_steps as usize,
@@ -601,12 +605,25 @@ impl Trainer {
         };
         let total = config.steps as u64;
         let started = Instant::now();
+        let shutdown = self.process.shutdown().clone();
         let losses = warm_start(model, tokenizer, &task.demonstrations, &config, |step, loss| {
             self.shared.set_phase("warm start", step as u64 + 1, total);
             if step % 50 == 0 {
                 tracing::info!(step, loss, "warm start");
             }
+            if shutdown.is_cancelled() {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
         })?;
+        if losses.len() < config.steps {
+            tracing::info!(
+                steps = losses.len(),
+                "stopped during the warm start; the next run starts it again"
+            );
+            return Ok(false);
+        }
         tracing::info!(
             steps = losses.len(),
             first_loss = losses.first().copied().unwrap_or(0.0),
@@ -614,7 +631,7 @@ impl Trainer {
             seconds = started.elapsed().as_secs_f64(),
             "warm start done"
         );
-        Ok(())
+        Ok(true)
     }
 
     /// A held-out evaluation (rank 0 only, when there is a tool-server and questions).

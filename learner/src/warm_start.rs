@@ -7,6 +7,8 @@
 //! settings measured in `../shared/quickstart-notes.md`). What it does not do: choose the
 //! demonstrations or save checkpoints.
 
+use std::ops::ControlFlow;
+
 use policy::Qwen2;
 use policy::tokenizer::{Tokenizer, TokenizerError};
 use policy::train::{self, AdamW, AdamWConfig, TokenBatch};
@@ -66,13 +68,14 @@ pub fn demonstration_tokens(
 }
 
 /// Trains `model` on `demos` for `config.steps` steps and returns each step's loss;
-/// `progress(step, loss)` is called after every step.
+/// `progress(step, loss)` is called after every step and stops the warm start early by
+/// returning `ControlFlow::Break` (a shutdown).
 pub fn warm_start(
     model: &Qwen2,
     tokenizer: &Tokenizer,
     demos: &[Demonstration],
     config: &WarmStartConfig,
-    mut progress: impl FnMut(usize, f64),
+    mut progress: impl FnMut(usize, f64) -> ControlFlow<()>,
 ) -> Result<Vec<f64>, TokenizerError> {
     let encoded: Vec<(Vec<i64>, Vec<bool>)> =
         demos.iter().map(|d| demonstration_tokens(tokenizer, d)).collect::<Result<_, _>>()?;
@@ -96,8 +99,10 @@ pub fn warm_start(
         });
         optimizer.config.lr = config.lr(step);
         optimizer.step(model.parameters());
-        progress(step, loss);
         losses.push(loss);
+        if progress(step, loss).is_break() {
+            break;
+        }
     }
     Ok(losses)
 }

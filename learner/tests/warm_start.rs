@@ -45,12 +45,33 @@ fn a_tiny_model_learns_the_demonstrations() {
     let config =
         WarmStartConfig { steps: 60, batch_size: 16, warmup_steps: 10, ..Default::default() };
     let mut seen = 0;
-    let losses = warm_start(&model, &tokenizer, &task.demonstrations, &config, |_, _| seen += 1)
-        .expect("warm start");
+    let losses = warm_start(&model, &tokenizer, &task.demonstrations, &config, |_, _| {
+        seen += 1;
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("warm start");
     assert_eq!((losses.len(), seen), (60, 60));
     let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
     let last: f64 = losses[55..].iter().sum::<f64>() / 5.0;
     // A uniform guess over the vocabulary costs ln(vocab) nats per token.
     assert!(first > 0.8 * (tokenizer.vocab_size() as f64).ln(), "starts near uniform: {first}");
     assert!(last < 0.5 * first, "the loss falls: {first} -> {last}");
+}
+
+#[test]
+fn a_stop_request_ends_the_warm_start_after_the_current_step() {
+    let task = tasks::synthetic::generate("arith", 2).expect("task");
+    let tokenizer = tokenizer_for(&task);
+    let model = Qwen2::zeros(ModelConfig::named("tiny").expect("tiny"), Kind::Float, Device::Cpu);
+    model.init_random(0);
+    let config = WarmStartConfig { steps: 60, batch_size: 4, ..Default::default() };
+    let losses = warm_start(&model, &tokenizer, &task.demonstrations, &config, |step, _| {
+        if step == 4 {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    })
+    .expect("warm start");
+    assert_eq!(losses.len(), 5, "steps 0 to 4 ran, then it stopped");
 }
