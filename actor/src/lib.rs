@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use paretopo_proto::v1::actor_server::{Actor, ActorServer};
 use paretopo_proto::v1::{ActorStatus, GetStatusRequest, WatchStatusRequest};
 use paretopo_service::cli::Launch;
-use paretopo_service::{Process, status};
+use paretopo_service::{Process, cluster, status};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -94,7 +94,10 @@ pub async fn run(launch: Launch) -> anyhow::Result<()> {
         // The server ended (shutdown); the work sees the same token.
         result = &mut served => result,
         outcome = work => {
-            let result = outcome.unwrap_or_else(|e| Err(anyhow::anyhow!("the actor's work panicked: {e}")));
+            let result = outcome
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the actor's work panicked: {e}")))
+                // Stopped while joining the run: a clean shutdown.
+                .or_else(|e| if e.is::<cluster::Stopped>() { Ok(()) } else { Err(e) });
             process.shutdown().cancel();
             served.await?;
             result

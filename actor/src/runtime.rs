@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use paretopo_proto::v1::learner_client::LearnerClient;
 use paretopo_proto::v1::{GroupOutcome, TrajectoryGroup, WatchPolicyRequest};
-use paretopo_service::cluster::{self, Progress};
+use paretopo_service::cluster::{self, Backoff, Progress};
 use paretopo_service::{Process, RunConfig};
 use policy::{Qwen2, Sampler, Session, Tokenizer};
 use tasks::datasets::{self, Example};
@@ -293,7 +293,7 @@ pub async fn follow_policy(
     newest: watch::Sender<Option<Arc<PolicyVersion>>>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         let have_version = newest.borrow().as_ref().map_or(0, |v| v.version + 1);
         let result = async {
@@ -322,15 +322,13 @@ pub async fn follow_policy(
         tokio::select! {
             () = shutdown.cancelled() => return,
             result = result => match result {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => backoff.reset(),
                 Err(e) => tracing::debug!(error = %format!("{e:#}"), "policy stream ended"),
             },
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+        if !backoff.wait(&shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -373,7 +371,7 @@ pub async fn push_groups(
     counters: Arc<ActorCounters>,
 ) {
     let mut pending: VecDeque<TrajectoryGroup> = VecDeque::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     let mut failures = 0u64;
     loop {
         let connection = async {
@@ -400,7 +398,7 @@ pub async fn push_groups(
                         }
                     }
                     group = groups.recv(), if resend.is_empty() && pending.len() < MAX_UNACKED => {
-                        let Some(group) = group else { return anyhow::Ok(true) };
+                        let Some(group) = group else { return anyhow::Ok(()) };
                         pending.push_back(group.clone());
                         tx.send(group).await?;
                     }
@@ -410,8 +408,7 @@ pub async fn push_groups(
         tokio::select! {
             () = shutdown.cancelled() => return,
             result = connection => match result {
-                Ok(true) => return, // the sampler stopped
-                Ok(false) => {}
+                Ok(()) => return, // the sampler stopped
                 Err(e) => {
                     // One warning per outage (and one a minute while it lasts), not one per try.
                     failures += 1;
@@ -424,10 +421,8 @@ pub async fn push_groups(
                 }
             },
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+        if !backoff.wait(&shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }

@@ -48,18 +48,17 @@ impl TaskSetup {
 pub fn task(config: &RunConfig) -> anyhow::Result<TaskSetup> {
     let name = config.task.name.as_str();
     let seed = config.run.seed;
-    let (examples, demonstrations, extra_tokens, tools, metric) = if synthetic::TASKS
-        .contains(&name)
-    {
+    // Question answering (kb-qa, HotpotQA) searches and scores by F1; math calls the
+    // calculator and scores by exact match.
+    let qa = name == synthetic::kbqa::NAME || name.ends_with(".json");
+    let (tools, metric) = if qa {
+        (vec!["search"], TextMetric::TokenF1)
+    } else {
+        (vec!["calculator"], TextMetric::ExactMatch)
+    };
+    let (examples, demonstrations, extra_tokens) = if synthetic::TASKS.contains(&name) {
         let data = synthetic::generate(name, seed).context("key `task.name`")?;
-        let tools: Vec<&'static str> =
-            if name == synthetic::kbqa::NAME { vec!["search"] } else { vec!["calculator"] };
-        let metric = if name == synthetic::kbqa::NAME {
-            TextMetric::TokenF1
-        } else {
-            TextMetric::ExactMatch
-        };
-        (data.examples, data.demonstrations, data.extra_tokens, tools, metric)
+        (data.examples, data.demonstrations, data.extra_tokens)
     } else {
         let path = Path::new(name);
         let text = std::fs::read_to_string(path).with_context(|| {
@@ -76,10 +75,7 @@ pub fn task(config: &RunConfig) -> anyhow::Result<TaskSetup> {
         if loaded.examples.is_empty() {
             bail!("task file {name}: no usable record");
         }
-        let qa = name.ends_with(".json");
-        let tools = if qa { vec!["search"] } else { vec!["calculator"] };
-        let metric = if qa { TextMetric::TokenF1 } else { TextMetric::ExactMatch };
-        (loaded.examples, Vec::new(), Vec::new(), tools, metric)
+        (loaded.examples, Vec::new(), Vec::new())
     };
     let (train, eval) = datasets::split(examples, config.algorithm.eval_fraction, seed);
     if train.is_empty() {

@@ -76,7 +76,7 @@ fn kind_of(dtype: i32) -> Option<Kind> {
 }
 
 /// The bytes of a tensor, little-endian, row-major (on CPU).
-fn tensor_bytes(tensor: &Tensor) -> Vec<u8> {
+pub fn tensor_bytes(tensor: &Tensor) -> Vec<u8> {
     let flat = tensor.detach().to_device(Device::Cpu).contiguous().reshape([-1]);
     // A byte view of the same storage: the exact bits, whatever the dtype.
     Vec::<u8>::try_from(flat.view_dtype(Kind::Uint8)).unwrap_or_default()

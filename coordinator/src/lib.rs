@@ -194,28 +194,23 @@ impl CoordinatorService {
 
     fn write_files(&self, state: &State) {
         let dir = &self.run_dir;
-        let result = std::fs::create_dir_all(dir)
-            .and_then(|()| {
-                run_files::write_frontier(dir, &self.objectives, &state.steering.frontier())
-            })
-            .and_then(|()| match self.plot_axes {
-                Some(axes) => {
-                    run_files::write_plot(dir, axes, &state.steering.frontier(), &state.mean_path)
-                }
-                None => Ok(()),
-            });
+        let frontier = state.steering.frontier();
         let saved = SavedCoordinator {
             steering: state.steering.save(),
             mean_path: state.mean_path.clone(),
             sequence: state.sequence,
             computed_at_step: state.computed_at_step,
         };
-        let result = result.and_then(|()| {
-            let text = serde_json::to_string(&saved).map_err(std::io::Error::other)?;
-            let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-            std::fs::write(&tmp, text)?;
-            std::fs::rename(tmp, dir.join(STATE_FILE))
-        });
+        let result = std::fs::create_dir_all(dir)
+            .and_then(|()| run_files::write_frontier(dir, &self.objectives, &frontier))
+            .and_then(|()| match self.plot_axes {
+                Some(axes) => run_files::write_plot(dir, axes, &frontier, &state.mean_path),
+                None => Ok(()),
+            })
+            .and_then(|()| {
+                let text = serde_json::to_string(&saved).map_err(std::io::Error::other)?;
+                run_files::write_atomically(&dir.join(STATE_FILE), &text)
+            });
         if let Err(e) = result {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot write the frontier files");
         }
@@ -255,7 +250,7 @@ fn weights_message(objectives: &[String], state: &State) -> ObjectiveWeights {
         computed_at_step: state.computed_at_step,
         stage: stage as i32,
         hypervolume: state.steering.hypervolume(),
-        archive_size: state.steering.frontier().len() as u32,
+        archive_size: state.steering.archive_size() as u32,
         sequence: state.sequence,
     }
 }

@@ -145,6 +145,11 @@ impl Steering {
         self.stage1.archive().points().iter().map(<[f64]>::to_vec).collect()
     }
 
+    /// Points in the archive.
+    pub fn archive_size(&self) -> usize {
+        self.stage1.archive().len()
+    }
+
     /// HV of the archive.
     pub fn hypervolume(&self) -> f64 {
         self.stage1.archive().hypervolume()

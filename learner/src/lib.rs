@@ -30,7 +30,7 @@ use paretopo_proto::v1::{
     WatchStatusRequest, WeightChunk,
 };
 use paretopo_service::cli::Launch;
-use paretopo_service::{Process, status};
+use paretopo_service::{Process, cluster, status};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
@@ -160,28 +160,22 @@ impl Learner for LearnerService {
                 // Send a version the subscriber lacks: a newer one, or an older one after a
                 // restart from a checkpoint (the subscriber's is then no longer the learner's).
                 if let Some(version) = current.filter(|v| v.version + 1 != have) {
-                    if let Some(address) = &raw_address {
-                        let notice = WeightChunk {
+                    // One notice naming the raw port, or the version's chunks.
+                    let notice: Vec<WeightChunk> = raw_address
+                        .iter()
+                        .map(|address| WeightChunk {
                             version: version.version,
                             last: true,
                             tensor_count: version.chunks.last().map_or(0, |c| c.tensor_count),
                             raw_address: address.clone(),
                             ..Default::default()
-                        };
-                        if tx.send(Ok(notice)).await.is_err() {
-                            return;
-                        }
-                        have = version.version + 1;
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            changed = published.changed() => if changed.is_err() { return },
-                        }
-                        continue;
-                    }
-                    for chunk in &version.chunks {
+                        })
+                        .collect();
+                    let messages = if notice.is_empty() { &version.chunks } else { &notice };
+                    for message in messages {
                         let sent = tokio::select! {
                             () = shutdown.cancelled() => return,
-                            sent = tx.send(Ok(chunk.clone())) => sent,
+                            sent = tx.send(Ok(message.clone())) => sent,
                         };
                         if sent.is_err() {
                             return; // the actor went away
@@ -247,7 +241,10 @@ pub async fn run(launch: Launch) -> anyhow::Result<()> {
             result
         }
         outcome = &mut work => {
-            let result = outcome.unwrap_or_else(|e| Err(anyhow::anyhow!("the trainer panicked: {e}")));
+            let result = outcome
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the trainer panicked: {e}")))
+                // Stopped while joining the run: a clean shutdown.
+                .or_else(|e| if e.is::<cluster::Stopped>() { Ok(()) } else { Err(e) });
             match &result {
                 Ok(()) => tracing::info!("training finished"),
                 Err(e) => tracing::error!("training failed: {e:#}"),

@@ -97,16 +97,12 @@ impl NcclCollective {
         self.comm.world_size()
     }
 
-    /// Replaces `buffer` on every rank by the element-wise sum over all ranks.
-    pub fn all_reduce_sum_f32(&mut self, buffer: &mut [f32]) -> Result<(), NcclError> {
-        let mut device = self.stream.clone_htod(buffer).map_err(driver)?;
-        self.comm.all_reduce_in_place(&mut device, &ReduceOp::Sum).map_err(nccl)?;
-        self.stream.memcpy_dtoh(&device, buffer).map_err(driver)?;
-        self.stream.synchronize().map_err(driver)
-    }
-
-    /// [`NcclCollective::all_reduce_sum_f32`] for `f64` (the step's statistics).
-    pub fn all_reduce_sum_f64(&mut self, buffer: &mut [f64]) -> Result<(), NcclError> {
+    /// Replaces `buffer` on every rank by the element-wise sum over all ranks (`f32` for the
+    /// gradient, `f64` for the step's statistics).
+    pub fn all_reduce_sum<T>(&mut self, buffer: &mut [T]) -> Result<(), NcclError>
+    where
+        T: cudarc::driver::DeviceRepr + cudarc::nccl::NcclType,
+    {
         let mut device = self.stream.clone_htod(buffer).map_err(driver)?;
         self.comm.all_reduce_in_place(&mut device, &ReduceOp::Sum).map_err(nccl)?;
         self.stream.memcpy_dtoh(&device, buffer).map_err(driver)?;

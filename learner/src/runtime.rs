@@ -34,7 +34,7 @@ use paretopo_proto::v1::{
     GroupOutcome, ObjectiveVector, ObjectiveWeights, ReportObjectivesRequest, Stage,
     TrajectoryGroup, WatchWeightsRequest,
 };
-use paretopo_service::cluster::{self, Progress};
+use paretopo_service::cluster::{self, Backoff, Progress};
 use paretopo_service::{Process, RunConfig};
 use policy::train::AdamWConfig;
 use policy::{AdamW, Qwen2, Tokenizer};
@@ -154,6 +154,18 @@ impl Shared {
         (Arc::new(shared), rx)
     }
 
+    /// Takes objective weights from the coordinator (its stream or a report's answer) unless
+    /// newer ones are already held: the two sources race.
+    fn offer_weights(&self, weights: ObjectiveWeights) {
+        self.objective_weights.send_if_modified(|current| {
+            let newer = weights.sequence >= current.sequence;
+            if newer {
+                *current = weights;
+            }
+            newer
+        });
+    }
+
     fn set_phase(&self, name: &str, done: u64, total: u64) {
         *self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Phase { name: name.to_owned(), done, total };
@@ -208,6 +220,8 @@ pub async fn work(
     queue: mpsc::Receiver<Queued>,
     device: Device,
 ) -> anyhow::Result<()> {
+    // A method that names no estimator fails here, not after the warm start.
+    let estimator: Estimator = config.algorithm.method.parse().context("key `algorithm.method`")?;
     let progress = Arc::new(Progress::default());
     // Every learner offers a collective listener; the one that becomes rank 0 uses it.
     let host = process.listen_address().ip();
@@ -279,6 +293,7 @@ pub async fn work(
     };
     let trainer = Trainer {
         config,
+        estimator,
         shared,
         queue,
         process: process.clone(),
@@ -344,20 +359,15 @@ impl Collective {
         }
     }
 
-    fn sum_f64(&mut self, values: &mut [f64]) -> anyhow::Result<()> {
+    /// Replaces `values` on every rank by their element-wise sum over the ranks.
+    fn sum<T>(&mut self, values: &mut [T]) -> anyhow::Result<()>
+    where
+        T: crate::collective::Element + cudarc::driver::DeviceRepr + cudarc::nccl::NcclType,
+    {
         match self {
             Collective::None => {}
             Collective::Tcp(c) => c.all_reduce_sum(values)?,
-            Collective::Nccl(c) => c.all_reduce_sum_f64(values)?,
-        }
-        Ok(())
-    }
-
-    fn sum_f32(&mut self, values: &mut [f32]) -> anyhow::Result<()> {
-        match self {
-            Collective::None => {}
-            Collective::Tcp(c) => c.all_reduce_sum(values)?,
-            Collective::Nccl(c) => c.all_reduce_sum_f32(values)?,
+            Collective::Nccl(c) => c.all_reduce_sum(values)?,
         }
         Ok(())
     }
@@ -370,7 +380,7 @@ async fn follow_weights(
     shared: Arc<Shared>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         let mut client = client.clone();
         let stream = async {
@@ -379,13 +389,7 @@ async fn follow_weights(
                 .await?
                 .into_inner();
             while let Some(weights) = stream.message().await? {
-                shared.objective_weights.send_if_modified(|current| {
-                    let newer = weights.sequence >= current.sequence;
-                    if newer {
-                        *current = weights.clone();
-                    }
-                    newer
-                });
+                shared.offer_weights(weights);
             }
             anyhow::Ok(())
         };
@@ -395,17 +399,16 @@ async fn follow_weights(
                 tracing::debug!(error = %format!("{e:#}"), "weights stream ended");
             },
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+        if !backoff.wait(&shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
 /// Everything the training thread owns.
 struct Trainer {
     config: RunConfig,
+    estimator: Estimator,
     shared: Arc<Shared>,
     queue: mpsc::Receiver<Queued>,
     process: Arc<Process>,
@@ -418,11 +421,6 @@ struct Trainer {
     tools: Option<GrpcTools>,
     device: Device,
     runtime: Handle,
-}
-
-/// One step's statistics on this rank, in the order they are all-reduced.
-struct StepSums {
-    values: Vec<f64>,
 }
 
 impl Trainer {
@@ -728,12 +726,12 @@ impl Trainer {
             steering[k] = if held.stage == Stage::ParetoRanking as i32 { 2.0 } else { 1.0 };
             steering[k + 1] = held.sequence as f64;
         }
-        collective.sum_f64(&mut steering).context("all-reducing the weights")?;
+        collective.sum(&mut steering).context("all-reducing the weights")?;
         let weights = steering[..k].to_vec();
         let stage = steering[k] as u8;
         let sequence = steering[k + 1] as u64;
 
-        let estimator: Estimator = a.method.parse().context("key `algorithm.method`")?;
+        let estimator = self.estimator;
         let accuracy = names.iter().position(|n| n == "accuracy").unwrap_or(0);
         let mode = if a.dominance == "plain" {
             Dominance::Plain
@@ -751,7 +749,7 @@ impl Trainer {
         let mut scores: Vec<Vec<f64>> = Vec::new();
         let mut zero_groups = 0usize;
         // sums: tokens, trajectories, objectives (K), tool calls, correct, zero groups, groups.
-        let mut sums = StepSums { values: vec![0.0; 2 + k + 4] };
+        let mut sums = vec![0.0; 2 + k + 4];
         for queued in &batch {
             let g = &queued.group;
             let n = g.samples.len();
@@ -760,21 +758,21 @@ impl Trainer {
             if advantages::all_equal(&values) {
                 zero_groups += 1;
             }
-            sums.values[1] += n as f64;
+            sums[1] += n as f64;
             for (i, y) in g.objectives.chunks(k).enumerate() {
-                for (s, v) in sums.values[2..2 + k].iter_mut().zip(y) {
+                for (s, v) in sums[2..2 + k].iter_mut().zip(y) {
                     *s += v;
                 }
-                sums.values[2 + k] += f64::from(g.tool_calls[i]);
-                sums.values[3 + k] += f64::from(u8::from(y[accuracy] >= a.correct_threshold));
+                sums[2 + k] += f64::from(g.tool_calls[i]);
+                sums[3 + k] += f64::from(u8::from(y[accuracy] >= a.correct_threshold));
             }
-            sums.values[5 + k] += 1.0;
+            sums[5 + k] += 1.0;
             scores.push(values);
             for s in &g.samples {
-                sums.values[0] += s.generated_tokens() as f64;
+                sums[0] += s.generated_tokens() as f64;
             }
         }
-        sums.values[4 + k] = zero_groups as f64;
+        sums[4 + k] = zero_groups as f64;
         // GDPO whitens the group scores over the whole step across ranks (spec §5).
         let mut moments = vec![0.0; 3];
         if estimator.whitens_over_the_batch() {
@@ -786,8 +784,8 @@ impl Trainer {
                 }
             }
         }
-        collective.sum_f64(&mut sums.values).context("all-reducing step statistics")?;
-        collective.sum_f64(&mut moments).context("all-reducing GDPO's moments")?;
+        collective.sum(&mut sums).context("all-reducing step statistics")?;
+        collective.sum(&mut moments).context("all-reducing GDPO's moments")?;
         if estimator.whitens_over_the_batch() && moments[2] > 0.0 {
             let mean = moments[0] / moments[2];
             let std = (moments[1] / moments[2] - mean * mean).max(0.0).sqrt();
@@ -800,7 +798,7 @@ impl Trainer {
                 samples.push(Sample { advantage: *advantage, ..s.clone() });
             }
         }
-        let total_tokens = sums.values[0].max(1.0);
+        let total_tokens = sums[0].max(1.0);
         let loss_config =
             LossConfig { clip_low: a.clip_low, clip_high: a.clip_high, kl_coef: a.kl_coef };
         let gradient = local_gradient(
@@ -814,24 +812,21 @@ impl Trainer {
         );
         let mut flat = Vec::<f32>::try_from(&gradient.flat).context("gradient to host")?;
         let mut loss_stats = vec![gradient.loss, gradient.stats.clip_fraction];
-        collective.sum_f32(&mut flat).context("all-reducing gradients")?;
-        collective.sum_f64(&mut loss_stats).context("all-reducing the loss")?;
+        collective.sum(&mut flat).context("all-reducing gradients")?;
+        collective.sum(&mut loss_stats).context("all-reducing the loss")?;
         let reduced = Tensor::from_slice(&flat).to_device(model.device()).to_kind(Kind::Float);
         let step_stats = optimizer.step_with(model.parameters(), &reduced);
 
-        let trajectories = sums.values[1].max(1.0);
-        let mean: Vec<f64> = sums.values[2..2 + k].iter().map(|s| s / trajectories).collect();
-        let groups = sums.values[5 + k].max(1.0);
-        let tool_calls = sums.values[2 + k];
+        let trajectories = sums[1].max(1.0);
+        let mean: Vec<f64> = sums[2..2 + k].iter().map(|s| s / trajectories).collect();
+        let groups = sums[5 + k].max(1.0);
+        let tool_calls = sums[2 + k];
         let metrics_map: HashMap<String, f64> = [
             ("accuracy", mean[accuracy]),
             ("tool_calls_per_q", tool_calls / trajectories),
-            (
-                "tool_productivity",
-                if tool_calls > 0.0 { sums.values[3 + k] / tool_calls } else { 0.0 },
-            ),
-            ("tokens_per_answer", sums.values[0] / trajectories),
-            ("zero_advantage_groups", sums.values[4 + k] / groups),
+            ("tool_productivity", if tool_calls > 0.0 { sums[3 + k] / tool_calls } else { 0.0 }),
+            ("tokens_per_answer", sums[0] / trajectories),
+            ("zero_advantage_groups", sums[4 + k] / groups),
             // Trajectories dropped as stale since the learner started (spec §7).
             ("stale_dropped", self.shared.stale_trajectories.load(Ordering::Relaxed) as f64),
             ("loss", loss_stats[0]),
@@ -908,13 +903,7 @@ impl Trainer {
         match reply {
             Ok(Ok(reply)) => {
                 let weights = reply.into_inner().weights?;
-                self.shared.objective_weights.send_if_modified(|current| {
-                    let newer = weights.sequence >= current.sequence;
-                    if newer {
-                        *current = weights.clone();
-                    }
-                    newer
-                });
+                self.shared.offer_weights(weights.clone());
                 Some(weights)
             }
             Ok(Err(status)) => {
@@ -955,9 +944,7 @@ fn write_eval(run_dir: &std::path::Path, label: &str, result: &EvalResult) -> an
 pub fn parameter_digest(model: &Qwen2) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for (_, p) in model.parameters().iter() {
-        let flat = p.detach().to_device(Device::Cpu).contiguous().reshape([-1]);
-        let bytes = Vec::<u8>::try_from(flat.view_dtype(Kind::Uint8)).unwrap_or_default();
-        for b in bytes {
+        for b in actor::weights::tensor_bytes(p) {
             hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use paretopo_proto::v1::coordinator_client::CoordinatorClient;
 use paretopo_proto::v1::{GetRendezvousRequest, HeartbeatRequest, RegisterRequest, Rendezvous};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{Process, RunConfig};
@@ -41,6 +42,47 @@ pub struct Member {
     pub node_id: String,
     /// The heartbeat interval the coordinator asked for.
     pub heartbeat_interval: Duration,
+}
+
+/// The process shut down while waiting to join the run: a clean stop, not a failure (callers
+/// tell it apart with `anyhow::Error::is::<Stopped>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("shut down before {0}")]
+pub struct Stopped(pub &'static str);
+
+/// The wait between reconnection attempts of a long-lived stream or a registration: 100 ms,
+/// doubling up to 2 s.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Backoff::FIRST }
+    }
+}
+
+impl Backoff {
+    /// The first wait.
+    pub const FIRST: Duration = Duration::from_millis(100);
+    /// The longest wait.
+    pub const MAX: Duration = Duration::from_secs(2);
+
+    /// Starts again from the first wait (after a success).
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// Sleeps the current wait and doubles the next; false when `shutdown` came first.
+    pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let slept = tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep(self.next) => true,
+        };
+        self.next = (self.next * 2).min(Self::MAX);
+        slept
+    }
 }
 
 /// A lazily connecting channel to `address` ("host:port" or a URL).
@@ -78,11 +120,11 @@ pub async fn register(
         nccl_unique_id,
         collective_address,
     };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         let attempt = client.register(request.clone());
         let reply = tokio::select! {
-            () = process.shutdown().cancelled() => anyhow::bail!("shut down before registering"),
+            () = process.shutdown().cancelled() => return Err(Stopped("registering").into()),
             reply = attempt => reply,
         };
         match reply {
@@ -114,8 +156,9 @@ pub async fn register(
                 )
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        if !backoff.wait(process.shutdown()).await {
+            return Err(Stopped("registering").into());
+        }
     }
 }
 
@@ -126,7 +169,7 @@ impl Member {
         loop {
             let attempt = self.client.get_rendezvous(request.clone());
             let reply = tokio::select! {
-                () = process.shutdown().cancelled() => anyhow::bail!("shut down before the rendezvous"),
+                () = process.shutdown().cancelled() => return Err(Stopped("the rendezvous").into()),
                 reply = attempt => reply,
             };
             match reply {
