@@ -57,7 +57,8 @@ pub fn task(config: &RunConfig) -> anyhow::Result<TaskSetup> {
         (vec!["calculator"], TextMetric::ExactMatch)
     };
     let (examples, demonstrations, extra_tokens) = if synthetic::TASKS.contains(&name) {
-        let data = synthetic::generate(name, seed).context("key `task.name`")?;
+        let data = synthetic::generate_with(name, &config.task.settings_json(), seed)
+            .context("key `task.settings`")?;
         (data.examples, data.demonstrations, data.extra_tokens)
     } else {
         let path = Path::new(name);

@@ -47,6 +47,16 @@ pub struct LaunchPlan {
     pub bin_dir: PathBuf,
 }
 
+/// How a launched run ended, when no process failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The learner finished its last step and exited.
+    Finished,
+    /// Ctrl-C or SIGTERM stopped it early (a checkpoint was written to resume from), or
+    /// `--check` only checked the processes.
+    Stopped,
+}
+
 /// The binaries a local run starts.
 const BINARIES: [&str; 4] = ["coordinator", "tool-server", "learner", "actor"];
 
@@ -63,7 +73,7 @@ struct Started {
 }
 
 /// Runs the plan; an error says which process failed and how.
-pub async fn launch(plan: LaunchPlan) -> anyhow::Result<()> {
+pub async fn launch(plan: LaunchPlan) -> anyhow::Result<Ended> {
     for binary in BINARIES {
         let path = plan.bin_dir.join(binary);
         if !path.is_file() {
@@ -98,7 +108,8 @@ pub async fn launch(plan: LaunchPlan) -> anyhow::Result<()> {
     if result.is_ok() && !plan.check_only {
         print_outcome(&run_dir);
     }
-    result.and(stopped)
+    let ended = result?;
+    stopped.map(|()| ended)
 }
 
 async fn run_processes(
@@ -107,7 +118,7 @@ async fn run_processes(
     overrides: &[String],
     coordinator: SocketAddr,
     started: &mut Vec<Started>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let mut names = vec![
         ("coordinator".to_owned(), "coordinator"),
         ("tool-server".into(), "tool-server"),
@@ -125,7 +136,7 @@ async fn run_processes(
         wait_serving(process, plan.startup_timeout).await?;
     }
     if plan.check_only {
-        return check(started).await;
+        return check(started).await.map(|()| Ended::Stopped);
     }
     println!(
         "run {:?}: {} processes serving on 127.0.0.1; logs in {}",
@@ -253,7 +264,7 @@ async fn process_info(process: &Started) -> anyhow::Result<ProcessInfo> {
 }
 
 /// Follows the run until the learner exits, a signal arrives, or the coordinator dies.
-async fn follow(config: &RunConfig, started: &mut [Started]) -> anyhow::Result<()> {
+async fn follow(config: &RunConfig, started: &mut [Started]) -> anyhow::Result<Ended> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let find = |started: &[Started], binary: &str| started.iter().position(|p| p.binary == binary);
@@ -273,12 +284,12 @@ async fn follow(config: &RunConfig, started: &mut [Started]) -> anyhow::Result<(
             _ = tokio::signal::ctrl_c() => {
                 finish_line(terminal);
                 println!("stopping (Ctrl-C): every process finishes what it is doing");
-                return Ok(());
+                return Ok(Ended::Stopped);
             }
             _ = sigterm.recv() => {
                 finish_line(terminal);
                 println!("stopping (SIGTERM): every process finishes what it is doing");
-                return Ok(());
+                return Ok(Ended::Stopped);
             }
             _ = ticker.tick() => {}
         }
@@ -292,7 +303,7 @@ async fn follow(config: &RunConfig, started: &mut [Started]) -> anyhow::Result<(
                             "training finished in {:.0} s",
                             started_at.elapsed().as_secs_f64()
                         );
-                        return Ok(());
+                        return Ok(Ended::Finished);
                     }
                     bail!(
                         "the learner exited with {status}; see {}",

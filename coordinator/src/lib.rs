@@ -7,11 +7,17 @@
 //!
 //! Modules: [`membership`] (registration, ranks, heartbeats, lost nodes), [`steering`] (the
 //! Stage-1 weights, the archive and the stage switch), [`run_files`] (`frontier.csv` and the
-//! plot), [`status_table`] (`coordinator status`), [`launcher`] (`coordinator run`). The gRPC
-//! service in this file holds their state behind one lock and streams weights to learners.
+//! plot), [`status_table`] (`coordinator status`), [`launcher`] (`coordinator run`),
+//! [`experiment`] and [`report`] (`coordinator experiment`: a grid of runs and its report),
+//! [`checkpoint_eval`] (`coordinator eval`), [`chart`] (the SVG plots). The gRPC service in this
+//! file holds their state behind one lock and streams weights to learners.
 
+pub mod chart;
+pub mod checkpoint_eval;
+pub mod experiment;
 pub mod launcher;
 pub mod membership;
+pub mod report;
 pub mod run_files;
 pub mod status_table;
 pub mod steering;

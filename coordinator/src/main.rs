@@ -37,6 +37,60 @@ enum Command {
     /// Print the resolved run config (file, then overrides, then defaults) as TOML: every key
     /// with the value a run would use. `service/src/config.rs` documents each key.
     Config(ConfigArgs),
+    /// Run a grid of methods x seeds (each shard a local run; finished shards are skipped) and
+    /// write its report: report.md, summary.json and plots/ in `experiment.dir`.
+    Experiment(ExperimentArgs),
+    /// Score a checkpoint on a split of a task without training (greedy, with the tools).
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExperimentArgs {
+    /// The experiment file: `[experiment]` (name, dir, methods, seeds) and the run config every
+    /// shard starts from.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+
+    /// Override one run-config key in every shard, e.g. `--set algorithm.total_steps=10`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+
+    /// Run only this shard (and its seed's warm start if missing), e.g. `static:0.7:1`.
+    /// Repeatable.
+    #[arg(long, value_name = "METHOD:SEED")]
+    only: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct EvalArgs {
+    /// The checkpoint directory (Hugging Face layout), e.g. `runs/quickstart/checkpoints/step-300`.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+
+    /// The task (`arith`, `kb-qa`, or a GSM8K / HotpotQA file); default: the config's.
+    #[arg(long)]
+    task: Option<String>,
+
+    /// `test` (the held-out questions) or `train`.
+    #[arg(long, default_value = "test")]
+    split: String,
+
+    /// Questions to evaluate (default: the config's `algorithm.eval_questions`).
+    #[arg(long)]
+    questions: Option<u32>,
+
+    /// The run config (seed, task settings, budgets); default: the `config.toml` of the run the
+    /// checkpoint belongs to, else the defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Override one config key, e.g. `--set run.seed=1`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+
+    /// Also write the result as JSON here.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +143,8 @@ fn main() -> ExitCode {
         }
         Some(Command::Run(args)) => local_run(args),
         Some(Command::Status(args)) => status(args),
+        Some(Command::Experiment(args)) => experiment(args),
+        Some(Command::Eval(args)) => eval(args),
         Some(Command::Config(args)) => {
             let text = RunConfig::load(args.config.as_deref(), &args.overrides)
                 .map_err(|e| e.to_string())
@@ -148,6 +204,77 @@ fn status(args: StatusArgs) -> ExitCode {
     }
 }
 
+/// Runs `work` on a multi-threaded runtime; errors print as `coordinator <what>: error: ...`.
+fn block_on<F>(what: &str, work: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(work));
+    result.unwrap_or_else(|e| {
+        eprintln!("coordinator {what}: error: {e:#}");
+        ExitCode::from(1)
+    })
+}
+
+fn experiment(args: ExperimentArgs) -> ExitCode {
+    use coordinator::experiment;
+    let checked = experiment::load(&args.config, &args.overrides).and_then(|e| {
+        let only = args
+            .only
+            .iter()
+            .map(|o| experiment::parse_only(o))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let shards = experiment::plan(&e.section, &only)?;
+        Ok((e, shards))
+    });
+    let (loaded, shards) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("coordinator experiment: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(logging::LogFormat::Text);
+    let command: Vec<String> = std::env::args().collect();
+    let command = command.join(" ");
+    block_on("experiment", async move {
+        let bin_dir = launcher::sibling_dir()?;
+        let complete = experiment::run(&loaded, &shards, &bin_dir, &command).await?;
+        Ok(if complete { ExitCode::SUCCESS } else { ExitCode::from(130) })
+    })
+}
+
+fn eval(args: EvalArgs) -> ExitCode {
+    use coordinator::checkpoint_eval::{self, EvalPlan};
+    logging::init(logging::LogFormat::Text);
+    block_on("eval", async move {
+        let plan = EvalPlan {
+            model: args.model,
+            task: args.task,
+            split: args.split,
+            questions: args.questions,
+            config: args.config,
+            overrides: args.overrides,
+            bin_dir: launcher::sibling_dir()?,
+        };
+        let (result, config) = checkpoint_eval::evaluate(plan).await?;
+        println!(
+            "\nevaluation of the checkpoint (config: {})",
+            config.map_or("the defaults".into(), |c| c.display().to_string())
+        );
+        print!("{}", checkpoint_eval::render(&result));
+        if let Some(out) = args.out {
+            std::fs::write(&out, serde_json::to_string_pretty(&result)?)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 fn local_run(args: RunArgs) -> ExitCode {
     // Check the config here, so a bad file fails once, with exit 2, before anything starts.
     if let Err(e) = RunConfig::load(args.config.as_deref(), &args.overrides) {
@@ -168,7 +295,7 @@ fn local_run(args: RunArgs) -> ExitCode {
                     startup_timeout: Duration::from_secs(args.startup_timeout),
                     bin_dir: launcher::sibling_dir()?,
                 };
-                launcher::launch(plan).await
+                launcher::launch(plan).await.map(drop)
             })
         });
     match result {

@@ -27,6 +27,12 @@ pub struct CategoryResult {
     pub accuracy: f64,
     /// Mean tool calls per question.
     pub tool_calls_per_q: f64,
+    /// Questions answered without a tool call.
+    pub direct_questions: usize,
+    /// Mean accuracy of those (0 when there are none).
+    pub direct_accuracy: f64,
+    /// Mean accuracy of the questions that called a tool (0 when there are none).
+    pub tool_accuracy: f64,
 }
 
 /// What an evaluation measured.
@@ -44,8 +50,12 @@ pub struct EvalResult {
     pub reference: Vec<f64>,
     /// Mean accuracy.
     pub accuracy: f64,
+    /// Share of questions answered correctly (accuracy at least the run's threshold).
+    pub correct: f64,
     /// Mean tool calls per question.
     pub tool_calls_per_q: f64,
+    /// Correct answers per tool call (OTC's productivity; `None` without any call).
+    pub tool_productivity: Option<f64>,
     /// Mean generated tokens per question.
     pub tokens_per_q: f64,
     /// Share of episodes that ended with an answer.
@@ -65,21 +75,25 @@ pub struct EvalSpec<'a> {
     pub reference: &'a [f64],
     /// Held-out questions to evaluate, at most.
     pub limit: usize,
+    /// Accuracy that counts as a correct answer.
+    pub correct_threshold: f64,
 }
 
-/// Evaluates `model` on the first `spec.limit` held-out questions of `task`.
+/// Evaluates `model` on the first `spec.limit` questions of `questions` (a split of `task`).
 pub fn evaluate(
     model: &Qwen2,
     tokenizer: &Tokenizer,
     task: &TaskSetup,
+    questions: &[tasks::datasets::Example],
     tools: &mut impl ToolRunner,
     spec: &EvalSpec<'_>,
 ) -> anyhow::Result<EvalResult> {
-    let EvalSpec { params, objectives: objective_names, reference, limit } = *spec;
-    let examples: Vec<_> = task.eval.iter().take(limit).collect();
+    let EvalSpec { params, objectives: objective_names, reference, limit, correct_threshold } =
+        *spec;
+    let examples: Vec<_> = questions.iter().take(limit).collect();
     let k = task.objectives.len();
     let mut sum = vec![0.0; k];
-    let (mut calls, mut tokens, mut answered) = (0u64, 0u64, 0usize);
+    let (mut calls, mut tokens, mut answered, mut correct) = (0u64, 0u64, 0usize, 0usize);
     let mut by_category: BTreeMap<String, CategoryResult> = BTreeMap::new();
     let names = task.tool_names();
     // Greedy decoding draws nothing; the sampler is only there for the type.
@@ -106,14 +120,24 @@ pub fn evaluate(
             calls += u64::from(raw.tool_calls);
             tokens += u64::from(raw.generated_tokens);
             answered += usize::from(raw.termination == Termination::Answered);
+            correct += usize::from(raw.accuracy >= correct_threshold);
             let c = by_category.entry(example.category.clone()).or_default();
             c.questions += 1;
             c.accuracy += raw.accuracy;
             c.tool_calls_per_q += f64::from(raw.tool_calls);
+            if raw.tool_calls == 0 {
+                c.direct_questions += 1;
+                c.direct_accuracy += raw.accuracy;
+            } else {
+                c.tool_accuracy += raw.accuracy;
+            }
         }
     }
     let n = examples.len().max(1) as f64;
     for c in by_category.values_mut() {
+        let tool_questions = c.questions - c.direct_questions;
+        c.tool_accuracy /= tool_questions.max(1) as f64;
+        c.direct_accuracy /= c.direct_questions.max(1) as f64;
         let q = c.questions.max(1) as f64;
         c.accuracy /= q;
         c.tool_calls_per_q /= q;
@@ -128,7 +152,9 @@ pub fn evaluate(
         mean,
         hypervolume,
         reference: reference.to_vec(),
+        correct: correct as f64 / n,
         tool_calls_per_q: calls as f64 / n,
+        tool_productivity: (calls > 0).then(|| correct as f64 / calls as f64),
         tokens_per_q: tokens as f64 / n,
         answered: answered as f64 / n,
         by_category,

@@ -538,7 +538,9 @@ impl Trainer {
                 "checkpoint written"
             );
         }
-        if !stopped_early {
+        // With no RL step (`total_steps = 0`: a warm start alone, or `coordinator eval`) the
+        // final policy is the one evaluated before, and `warm_start` already holds its result.
+        if !stopped_early && total > 0 {
             if let Some(result) = self.evaluate(&model, &tokenizer, &task, "final")? {
                 write_eval(&run_dir, "final", &result)?;
             }
@@ -642,20 +644,24 @@ impl Trainer {
     ) -> anyhow::Result<Option<EvalResult>> {
         let limit = self.config.algorithm.eval_questions as usize;
         let Some(tools) = self.tools.as_mut() else { return Ok(None) };
-        if self.rank != 0 || limit == 0 || task.eval.is_empty() {
+        let questions =
+            if self.config.algorithm.eval_split == "train" { &task.train } else { &task.eval };
+        if self.rank != 0 || limit == 0 || questions.is_empty() {
             return Ok(None);
         }
-        self.shared.set_phase("evaluating", 0, limit.min(task.eval.len()) as u64);
+        self.shared.set_phase("evaluating", 0, limit.min(questions.len()) as u64);
         let params = setup::sampling(&self.config, tokenizer, true);
-        let reference = hv_reference(&self.config);
+        let reference = self.config.hv_reference();
         let started = Instant::now();
         let spec = eval::EvalSpec {
             params: &params,
             objectives: &self.config.task.objectives,
             reference: &reference,
             limit,
+            correct_threshold: self.config.algorithm.correct_threshold,
         };
-        let result = tch::no_grad(|| eval::evaluate(model, tokenizer, task, tools, &spec))?;
+        let result =
+            tch::no_grad(|| eval::evaluate(model, tokenizer, task, questions, tools, &spec))?;
         tracing::info!(
             label,
             questions = result.questions,
@@ -917,15 +923,6 @@ impl Trainer {
             }
         }
     }
-}
-
-/// The hypervolume reference point of the run.
-pub fn hv_reference(config: &RunConfig) -> Vec<f64> {
-    config
-        .algorithm
-        .hv_reference
-        .clone()
-        .unwrap_or_else(|| vec![-0.01; config.task.objectives.len()])
 }
 
 /// Adds `label`'s result to `eval.json` in the run directory.

@@ -158,6 +158,12 @@ pub struct TaskSection {
     pub name: String,
     /// The objectives, all maximised, in the order every objective vector uses (K >= 2).
     pub objectives: Vec<String>,
+    /// A built-in task's settings (`[task.settings]`; unset keys keep their defaults). `arith`:
+    /// `questions`, `easy_fraction`, `medium_fraction`, `medium_max`, `demonstrations`,
+    /// `demo_tool_rates`; `kb-qa`: `people`, `cities`, `countries`, `memorised_fraction`,
+    /// `demo_people_fraction`, `demo_search_when_memorised` (`tasks/src/synthetic/` documents
+    /// each).
+    pub settings: toml::Table,
 }
 
 impl Default for TaskSection {
@@ -169,6 +175,18 @@ impl Default for TaskSection {
                 "tool_efficiency".into(),
                 "token_efficiency".into(),
             ],
+            settings: toml::Table::new(),
+        }
+    }
+}
+
+impl TaskSection {
+    /// `settings` as JSON, the form the task generators read.
+    pub fn settings_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(&self.settings) {
+            Ok(serde_json::Value::Object(map)) => map,
+            // A TOML table is always a JSON object.
+            _ => serde_json::Map::new(),
         }
     }
 }
@@ -183,7 +201,9 @@ pub struct AlgorithmSection {
     pub method: String,
     /// Trajectories sampled per prompt (G >= 2).
     pub group_size: u32,
-    /// The run's planned number of learner steps (T).
+    /// The run's planned number of learner steps (T). 0: no RL step, only the warm start and
+    /// the evaluation (what `coordinator experiment`'s warm-start shards and `coordinator eval`
+    /// run).
     pub total_steps: u64,
     /// Groups (prompts) in one learner step, over all learner ranks.
     pub groups_per_step: u32,
@@ -251,6 +271,8 @@ pub struct AlgorithmSection {
     pub eval_fraction: f64,
     /// Held-out questions evaluated before RL and at the end (0 = no evaluation).
     pub eval_questions: u32,
+    /// The split those evaluations use: `test` (the held-out questions) or `train`.
+    pub eval_split: String,
 }
 
 impl Default for AlgorithmSection {
@@ -292,6 +314,7 @@ impl Default for AlgorithmSection {
             checkpoint_every: 50,
             eval_fraction: 0.1,
             eval_questions: 200,
+            eval_split: "test".into(),
         }
     }
 }
@@ -350,6 +373,23 @@ impl AlgorithmSection {
                 format!("expected `constrained` or `plain`, got {:?}", self.dominance),
             ));
         }
+        if !is_method(&self.method) {
+            return Err((
+                "method",
+                format!(
+                    "unknown method {:?} (expected paretopo, paretopo_stage1_only, \
+                     paretopo_stage2_only, grpo_accuracy, static:W with W in [0, 1], gdpo or \
+                     otc_grpo)",
+                    self.method
+                ),
+            ));
+        }
+        if !matches!(self.eval_split.as_str(), "test" | "train") {
+            return Err((
+                "eval_split",
+                format!("expected `test` or `train`, got {:?}", self.eval_split),
+            ));
+        }
         if !matches!(self.gain_rule.as_str(), "proportional" | "inverse") {
             return Err((
                 "gain_rule",
@@ -366,6 +406,23 @@ impl AlgorithmSection {
         }
         Ok(())
     }
+}
+
+/// Whether `method` names an estimator of spec §5 (the learner's `Estimator` parses it).
+fn is_method(method: &str) -> bool {
+    const NAMED: [&str; 6] = [
+        "paretopo",
+        "paretopo_stage1_only",
+        "paretopo_stage2_only",
+        "grpo_accuracy",
+        "gdpo",
+        "otc_grpo",
+    ];
+    NAMED.contains(&method)
+        || method
+            .strip_prefix("static:")
+            .and_then(|w| w.parse::<f64>().ok())
+            .is_some_and(|w| (0.0..=1.0).contains(&w))
 }
 
 /// The section every role has: where it listens.
@@ -515,6 +572,15 @@ impl RunConfig {
         Ok(config)
     }
 
+    /// The hypervolume reference point: `algorithm.hv_reference`, else -0.01 per objective
+    /// (spec §0).
+    pub fn hv_reference(&self) -> Vec<f64> {
+        self.algorithm
+            .hv_reference
+            .clone()
+            .unwrap_or_else(|| vec![-0.01; self.task.objectives.len()])
+    }
+
     /// The config as TOML, every key with its value (the run directory's `config.toml`).
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string(self)
@@ -576,9 +642,6 @@ impl RunConfig {
                     self.cluster.heartbeat_interval_ms, self.cluster.heartbeat_timeout_ms
                 ),
             );
-        }
-        if self.algorithm.total_steps == 0 {
-            return fail("algorithm.total_steps", "must be at least 1".into());
         }
         if let Err((key, message)) = self.algorithm.validate(self.task.objectives.len()) {
             return fail(&format!("algorithm.{key}"), message);

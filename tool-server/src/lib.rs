@@ -362,8 +362,11 @@ pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
         Some(path) => Some(read_corpus(path)?),
         // A built-in task with a corpus brings its own, generated from the run's seed.
         None if launch.config.task.name == tasks::synthetic::kbqa::NAME => {
-            let task =
-                tasks::synthetic::generate(&launch.config.task.name, launch.config.run.seed)?;
+            let task = tasks::synthetic::generate_with(
+                &launch.config.task.name,
+                &launch.config.task.settings_json(),
+                launch.config.run.seed,
+            )?;
             Some(task.corpus)
         }
         None => None,

@@ -13,7 +13,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     Demonstration, SettingsError, TaskData, call_prefix_suffix, check_fraction, tool_call,
@@ -30,7 +30,7 @@ const OPENING: &str = "What is ";
 pub const BANDS: [&str; 3] = ["easy", "medium", "hard"];
 
 /// `arith`'s settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArithSettings {
     /// Questions to generate.

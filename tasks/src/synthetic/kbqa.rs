@@ -25,7 +25,7 @@ use std::collections::HashSet;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
@@ -54,7 +54,7 @@ const CODAS: [&str; 7] = ["", "n", "r", "l", "s", "th", "m"];
 const SEARCH_K: u64 = 1;
 
 /// `kb-qa`'s settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KbQaSettings {
     /// People in the knowledge base.

@@ -121,14 +121,65 @@ pub struct UnknownTask(pub String);
 /// Generates the built-in task `name` with its default settings.
 pub fn generate(name: &str, seed: u64) -> Result<TaskData, UnknownTask> {
     // The defaults are valid by construction; the unit tests of each task check that.
-    let default_error = |e: SettingsError| UnknownTask(e.to_string());
+    generate_with(name, &Map::new(), seed).map_err(|e| match e {
+        GenerateError::Unknown(unknown) => unknown,
+        other => UnknownTask(other.to_string()),
+    })
+}
+
+/// Why a built-in task could not be generated from its settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GenerateError {
+    /// No such task.
+    #[error(transparent)]
+    Unknown(#[from] UnknownTask),
+    /// The settings do not deserialise (an unknown key, a wrong type).
+    #[error("{task}: settings: {message}")]
+    Unreadable {
+        /// The task.
+        task: &'static str,
+        /// The deserialiser's message, naming the key.
+        message: String,
+    },
+    /// A setting's value makes no task.
+    #[error(transparent)]
+    Invalid(#[from] SettingsError),
+}
+
+/// The built-in task `name`'s settings: `settings` (keys of its settings struct; unset ones keep
+/// their defaults), resolved in full, as JSON. Reports print these.
+pub fn resolved_settings(
+    name: &str,
+    settings: &Map<String, Value>,
+) -> Result<Value, GenerateError> {
+    let resolved = match name {
+        arith::NAME => serde_json::to_value(parse::<arith::ArithSettings>(arith::NAME, settings)?),
+        kbqa::NAME => serde_json::to_value(parse::<kbqa::KbQaSettings>(kbqa::NAME, settings)?),
+        other => return Err(UnknownTask(other.to_owned()).into()),
+    };
+    // Plain structs of numbers always serialise.
+    Ok(resolved.unwrap_or(Value::Null))
+}
+
+/// Generates the built-in task `name` from `settings` (see [`resolved_settings`]) and `seed`.
+pub fn generate_with(
+    name: &str,
+    settings: &Map<String, Value>,
+    seed: u64,
+) -> Result<TaskData, GenerateError> {
     match name {
-        arith::NAME => {
-            arith::generate(&arith::ArithSettings::default(), seed).map_err(default_error)
-        }
-        kbqa::NAME => kbqa::generate(&kbqa::KbQaSettings::default(), seed).map_err(default_error),
-        other => Err(UnknownTask(other.to_owned())),
+        arith::NAME => Ok(arith::generate(&parse(arith::NAME, settings)?, seed)?),
+        kbqa::NAME => Ok(kbqa::generate(&parse(kbqa::NAME, settings)?, seed)?),
+        other => Err(UnknownTask(other.to_owned()).into()),
     }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    task: &'static str,
+    settings: &Map<String, Value>,
+) -> Result<T, GenerateError> {
+    serde_json::from_value(Value::Object(settings.clone()))
+        .map_err(|e| GenerateError::Unreadable { task, message: e.to_string() })
 }
 
 /// A tool call with one string argument (and any fixed ones), in the canonical text.
@@ -203,5 +254,23 @@ mod tests {
             assert!(generate(name, 7).expect("again") == task, "{name}: deterministic by seed");
         }
         assert!(generate("chess", 0).is_err());
+    }
+
+    #[test]
+    fn settings_override_defaults_and_bad_ones_name_the_key() {
+        let mut settings = Map::new();
+        settings.insert("questions".into(), Value::from(50));
+        let task = generate_with(arith::NAME, &settings, 3).expect("valid");
+        assert_eq!(task.examples.len(), 50);
+        let resolved = resolved_settings(arith::NAME, &settings).expect("resolved");
+        assert_eq!(resolved["questions"], 50);
+        assert_eq!(resolved["medium_max"], arith::ArithSettings::default().medium_max);
+        settings.insert("bogus".into(), Value::from(1));
+        let unknown = generate_with(arith::NAME, &settings, 3).expect_err("unknown key");
+        assert!(unknown.to_string().contains("bogus"), "{unknown}");
+        let mut bad = Map::new();
+        bad.insert("memorised_fraction".into(), Value::from(1.5));
+        let invalid = generate_with(kbqa::NAME, &bad, 3).expect_err("out of range");
+        assert!(invalid.to_string().contains("memorised_fraction"), "{invalid}");
     }
 }

@@ -1,0 +1,378 @@
+//! `coordinator experiment`: a grid of methods x seeds through the real runtime, then a report.
+//!
+//! An experiment file is a run config with one more section, `[experiment]` (its name, output
+//! directory, methods and seeds); every other section is the config each run starts from. For
+//! each seed one **warm-start shard** trains the supervised warm start alone
+//! (`total_steps = 0`); every method's shard for that seed then starts RL from its checkpoint,
+//! so all methods of a seed start from the same policy and get the same rollout budget
+//! (`total_steps x groups_per_step x group_size` trajectories).
+//!
+//! Each shard is one `coordinator run` (the launcher's processes, in the shard's own run
+//! directory under `<dir>/runs/`). A shard whose result exists is skipped, so a grid can span
+//! several sittings and `--only METHOD:SEED` runs one shard alone (DESIGN.md §10). After the
+//! shards, [`crate::report`] rebuilds `report.md`, `summary.json` and the plots from every
+//! finished shard.
+//!
+//! What it does not do: tune anything per method; every shard gets the same config but for
+//! `algorithm.method`, `run.seed` and its directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use paretopo_service::RunConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::launcher::{self, Ended, LaunchPlan};
+use crate::report;
+
+/// The `[experiment]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSection {
+    /// The experiment's name (the report's title).
+    pub name: String,
+    /// Where the shards and the report go.
+    pub dir: PathBuf,
+    /// The methods (`algorithm.method` values), in the report's order.
+    pub methods: Vec<String>,
+    /// The seeds (`run.seed`): the task instance, the initial weights, every draw.
+    pub seeds: Vec<u64>,
+}
+
+/// An experiment file, read and checked.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    /// Its `[experiment]` section.
+    pub section: ExperimentSection,
+    /// The run config every shard starts from (`<dir>/base-config.toml`).
+    pub base_config: PathBuf,
+    /// That config, resolved with the command line's overrides.
+    pub config: RunConfig,
+    /// The command line's `--set` overrides, applied to every shard.
+    pub overrides: Vec<String>,
+}
+
+/// One run of the grid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shard {
+    /// The warm start of a seed.
+    WarmStart {
+        /// The seed.
+        seed: u64,
+    },
+    /// A method's RL run for a seed.
+    Method {
+        /// The method.
+        method: String,
+        /// The seed.
+        seed: u64,
+    },
+}
+
+/// What a finished shard records beside its run files (`shard.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// `warm_start` or the method.
+    pub method: String,
+    /// The seed.
+    pub seed: u64,
+    /// The commit the binaries were built from (`git describe`; `unknown` outside a checkout).
+    pub commit: String,
+    /// Seconds the shard took, start to end.
+    pub wall_s: f64,
+    /// When it finished (Unix seconds).
+    pub finished_at: f64,
+}
+
+impl Shard {
+    /// `warm_start` or the method, as the report names it.
+    pub fn method(&self) -> &str {
+        match self {
+            Shard::WarmStart { .. } => report::WARM_START,
+            Shard::Method { method, .. } => method,
+        }
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        match self {
+            Shard::WarmStart { seed } | Shard::Method { seed, .. } => *seed,
+        }
+    }
+
+    /// Its run directory under the experiment's `dir`.
+    pub fn dir(&self, experiment_dir: &Path) -> PathBuf {
+        shard_dir(experiment_dir, self.method(), self.seed())
+    }
+}
+
+/// The run directory of `method`'s run for `seed`: `runs/<method>/seed-<seed>`, with the `:` of
+/// `static:0.7` written as `-`.
+pub fn shard_dir(experiment_dir: &Path, method: &str, seed: u64) -> PathBuf {
+    let keep = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_';
+    let slug: String = method.chars().map(|c| if keep(c) { c } else { '-' }).collect();
+    experiment_dir.join("runs").join(slug).join(format!("seed-{seed}"))
+}
+
+/// Whether `dir` holds a finished shard: `shard.json` is written last, once its run ended
+/// after its last step.
+pub fn is_finished(dir: &Path) -> bool {
+    dir.join("shard.json").is_file()
+}
+
+/// Reads an experiment file: `[experiment]` and the run config around it.
+pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Experiment> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("experiment file {}: cannot read", path.display()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .with_context(|| format!("experiment file {}: not valid TOML", path.display()))?;
+    let section = table
+        .remove("experiment")
+        .with_context(|| format!("experiment file {}: no [experiment] section", path.display()))?;
+    let section: ExperimentSection = section
+        .try_into()
+        .with_context(|| format!("experiment file {}: section [experiment]", path.display()))?;
+    if section.methods.is_empty() || section.seeds.is_empty() {
+        bail!("experiment file {}: [experiment] needs methods and seeds", path.display());
+    }
+    for (i, method) in section.methods.iter().enumerate() {
+        if section.methods[..i].contains(method) {
+            bail!("experiment file {}: method {method:?} is listed twice", path.display());
+        }
+    }
+    std::fs::create_dir_all(&section.dir)
+        .with_context(|| format!("key `experiment.dir`: creating {}", section.dir.display()))?;
+    let base_config = section.dir.join("base-config.toml");
+    let base_text = toml::to_string(&table).context("writing the base config")?;
+    std::fs::write(&base_config, base_text)
+        .with_context(|| format!("writing {}", base_config.display()))?;
+    let config = RunConfig::load(Some(&base_config), overrides)
+        .with_context(|| format!("experiment file {}", path.display()))?;
+    for method in &section.methods {
+        RunConfig::load(Some(&base_config), &[format!("algorithm.method={}", quoted(method))])
+            .with_context(|| format!("experiment file {}: method {method:?}", path.display()))?;
+    }
+    Ok(Experiment { section, base_config, config, overrides: overrides.to_vec() })
+}
+
+/// A string as a TOML value, for `--set`.
+fn quoted(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+/// `METHOD:SEED` of `--only`, split at the last `:` (methods such as `static:0.7` hold one).
+pub fn parse_only(text: &str) -> anyhow::Result<(String, u64)> {
+    let (method, seed) = text
+        .rsplit_once(':')
+        .with_context(|| format!("--only {text:?}: expected METHOD:SEED, e.g. paretopo:0"))?;
+    let seed = seed.parse().with_context(|| format!("--only {text:?}: the seed is no number"))?;
+    Ok((method.to_owned(), seed))
+}
+
+/// The shards to run, in order: per seed the warm start, then each method.
+pub fn plan(section: &ExperimentSection, only: &[(String, u64)]) -> anyhow::Result<Vec<Shard>> {
+    for (method, seed) in only {
+        if !section.methods.contains(method) || !section.seeds.contains(seed) {
+            bail!(
+                "--only {method}:{seed}: not in the grid (methods {:?}, seeds {:?})",
+                section.methods,
+                section.seeds
+            );
+        }
+    }
+    let mut shards = Vec::new();
+    for &seed in &section.seeds {
+        let methods: Vec<&String> = section
+            .methods
+            .iter()
+            .filter(|m| only.is_empty() || only.iter().any(|(om, os)| om == *m && *os == seed))
+            .collect();
+        if methods.is_empty() {
+            continue;
+        }
+        shards.push(Shard::WarmStart { seed });
+        shards.extend(methods.into_iter().map(|m| Shard::Method { method: m.clone(), seed }));
+    }
+    Ok(shards)
+}
+
+/// The `--set` overrides of `shard`, after the command line's own.
+fn shard_overrides(experiment: &Experiment, shard: &Shard) -> anyhow::Result<Vec<String>> {
+    let dir = shard.dir(&experiment.section.dir);
+    let mut overrides = experiment.overrides.clone();
+    overrides.push(format!("run.dir={}", quoted(&dir.display().to_string())));
+    overrides.push(format!(
+        "run.name={}",
+        quoted(&format!("{}-{}-s{}", experiment.section.name, shard.method(), shard.seed()))
+    ));
+    overrides.push(format!("run.seed={}", shard.seed()));
+    match shard {
+        Shard::WarmStart { .. } => overrides.push("algorithm.total_steps=0".into()),
+        Shard::Method { method, seed } => {
+            let warm = Shard::WarmStart { seed: *seed }.dir(&experiment.section.dir);
+            let checkpoint = warm_checkpoint(&warm)?;
+            overrides.push(format!("algorithm.method={}", quoted(method)));
+            overrides.push(format!("model.name={}", quoted(&checkpoint.display().to_string())));
+            overrides.push("algorithm.warm_start_steps=0".into());
+        }
+    }
+    Ok(overrides)
+}
+
+/// The checkpoint a warm-start shard left.
+fn warm_checkpoint(dir: &Path) -> anyhow::Result<PathBuf> {
+    let latest = dir.join("checkpoints").join("latest");
+    let name = std::fs::read_to_string(&latest)
+        .with_context(|| format!("the warm start's checkpoint: reading {}", latest.display()))?;
+    let checkpoint = dir.join("checkpoints").join(name.trim());
+    if !checkpoint.is_dir() {
+        bail!("{} names a missing checkpoint {}", latest.display(), checkpoint.display());
+    }
+    Ok(checkpoint)
+}
+
+/// Whether `shard` needs running: a method shard that has not finished, or a warm start whose
+/// checkpoint is missing (results are committed, checkpoints are not).
+fn needs_running(experiment_dir: &Path, shard: &Shard) -> bool {
+    let dir = shard.dir(experiment_dir);
+    match shard {
+        Shard::WarmStart { .. } => !is_finished(&dir) || warm_checkpoint(&dir).is_err(),
+        Shard::Method { .. } => !is_finished(&dir),
+    }
+}
+
+/// The commit of the checkout the binaries in `bin_dir` were built in (they live in its
+/// `target/`), with `-dirty` when it has changes; `unknown` outside git.
+pub fn current_commit(bin_dir: &Path) -> String {
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .current_dir(bin_dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned())
+}
+
+/// Runs `shards` (skipping finished ones), then writes the report. Returns whether every shard of
+/// the plan is finished (false when a signal stopped the grid).
+pub async fn run(
+    experiment: &Experiment,
+    shards: &[Shard],
+    bin_dir: &Path,
+    command: &str,
+) -> anyhow::Result<bool> {
+    let dir = &experiment.section.dir;
+    let commit = current_commit(bin_dir);
+    let pending: Vec<&Shard> = shards.iter().filter(|s| needs_running(dir, s)).collect();
+    println!(
+        "experiment {:?}: {} shards planned, {} to run, {} finished before; commit {commit}",
+        experiment.section.name,
+        shards.len(),
+        pending.len(),
+        shards.len() - pending.len()
+    );
+    let started = Instant::now();
+    let mut complete = true;
+    for (i, shard) in pending.iter().enumerate() {
+        let shard_dir = shard.dir(dir);
+        println!(
+            "\n== shard {}/{}: {} seed {} ({:.0} s into this sitting) -> {}",
+            i + 1,
+            pending.len(),
+            shard.method(),
+            shard.seed(),
+            started.elapsed().as_secs_f64(),
+            shard_dir.display()
+        );
+        let begun = Instant::now();
+        // A shard that was interrupted resumes from its own checkpoint; its wall time then
+        // counts this sitting only.
+        let plan = LaunchPlan {
+            config: Some(experiment.base_config.clone()),
+            overrides: shard_overrides(experiment, shard)?,
+            check_only: false,
+            startup_timeout: Duration::from_secs(120),
+            bin_dir: bin_dir.to_path_buf(),
+        };
+        let ended = launcher::launch(plan)
+            .await
+            .with_context(|| format!("shard {} seed {}", shard.method(), shard.seed()))?;
+        if ended == Ended::Stopped {
+            println!("stopped: rerun the same command to resume the grid where it stopped");
+            complete = false;
+            break;
+        }
+        let record = ShardRecord {
+            method: shard.method().to_owned(),
+            seed: shard.seed(),
+            commit: commit.clone(),
+            wall_s: begun.elapsed().as_secs_f64(),
+            finished_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        };
+        let text = serde_json::to_string_pretty(&record)?;
+        crate::run_files::write_atomically(&shard_dir.join("shard.json"), &text)
+            .with_context(|| format!("writing {}/shard.json", shard_dir.display()))?;
+    }
+    let written = report::write(experiment, command)?;
+    println!(
+        "\nreport: {} ({} of {} runs of the grid finished)",
+        written.report.display(),
+        written.finished_runs,
+        written.grid_runs
+    );
+    Ok(complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section() -> ExperimentSection {
+        ExperimentSection {
+            name: "t".into(),
+            dir: "out".into(),
+            methods: vec!["paretopo".into(), "static:0.7".into()],
+            seeds: vec![0, 1],
+        }
+    }
+
+    #[test]
+    fn the_plan_puts_each_seeds_warm_start_first_and_only_narrows_it() {
+        let all = plan(&section(), &[]).expect("plan");
+        let names: Vec<(String, u64)> =
+            all.iter().map(|s| (s.method().to_owned(), s.seed())).collect();
+        let want = [
+            ("warm_start", 0),
+            ("paretopo", 0),
+            ("static:0.7", 0),
+            ("warm_start", 1),
+            ("paretopo", 1),
+            ("static:0.7", 1),
+        ];
+        assert_eq!(names, want.map(|(m, s)| (m.to_owned(), s)));
+        let only = plan(&section(), &[parse_only("static:0.7:1").expect("only")]).expect("plan");
+        assert_eq!(
+            only,
+            vec![
+                Shard::WarmStart { seed: 1 },
+                Shard::Method { method: "static:0.7".into(), seed: 1 }
+            ]
+        );
+        assert!(plan(&section(), &[("gdpo".into(), 0)]).is_err());
+        assert!(parse_only("paretopo").is_err());
+        assert!(parse_only("paretopo:x").is_err());
+    }
+
+    #[test]
+    fn shard_directories_are_distinct_and_path_safe() {
+        let dir = Path::new("results/x");
+        assert_eq!(shard_dir(dir, "static:0.7", 2), dir.join("runs/static-0.7/seed-2"));
+        assert_eq!(shard_dir(dir, "paretopo", 0), dir.join("runs/paretopo/seed-0"));
+        assert_ne!(shard_dir(dir, "static:0.7", 0), shard_dir(dir, "static:0.5", 0));
+    }
+}
