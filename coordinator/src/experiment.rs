@@ -209,7 +209,11 @@ fn shard_overrides(experiment: &Experiment, shard: &Shard) -> anyhow::Result<Vec
     ));
     overrides.push(format!("run.seed={}", shard.seed()));
     match shard {
-        Shard::WarmStart { .. } => overrides.push("algorithm.total_steps=0".into()),
+        // No RL step, so no actor: the learner trains the warm start and evaluates it.
+        Shard::WarmStart { .. } => {
+            overrides.push("algorithm.total_steps=0".into());
+            overrides.push("cluster.local_actors=0".into());
+        }
         Shard::Method { method, seed } => {
             let warm = Shard::WarmStart { seed: *seed }.dir(&experiment.section.dir);
             let checkpoint = warm_checkpoint(&warm)?;
