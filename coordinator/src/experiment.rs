@@ -51,6 +51,8 @@ pub struct Experiment {
     pub config: RunConfig,
     /// The command line's `--set` overrides, applied to every shard.
     pub overrides: Vec<String>,
+    /// The experiment file.
+    pub file: PathBuf,
 }
 
 /// One run of the grid.
@@ -154,12 +156,30 @@ pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Experiment> {
         RunConfig::load(Some(&base_config), &[format!("algorithm.method={}", quoted(method))])
             .with_context(|| format!("experiment file {}: method {method:?}", path.display()))?;
     }
-    Ok(Experiment { section, base_config, config, overrides: overrides.to_vec() })
+    Ok(Experiment {
+        section,
+        base_config,
+        config,
+        overrides: overrides.to_vec(),
+        file: path.to_path_buf(),
+    })
 }
 
 /// A string as a TOML value, for `--set`.
 fn quoted(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
+}
+
+impl Experiment {
+    /// The command that runs (or resumes) the whole grid from the workspace root.
+    pub fn command(&self) -> String {
+        let mut command =
+            format!("./target/debug/coordinator experiment --config {}", self.file.display());
+        for set in &self.overrides {
+            command.push_str(&format!(" --set '{set}'"));
+        }
+        command
+    }
 }
 
 /// `METHOD:SEED` of `--only`, split at the last `:` (methods such as `static:0.7` hold one).

@@ -59,6 +59,11 @@ struct ExperimentArgs {
     /// Repeatable.
     #[arg(long, value_name = "METHOD:SEED")]
     only: Vec<String>,
+
+    /// Run no shard: only rebuild the report from the finished ones (after editing notes.md,
+    /// or while another sitting runs the grid).
+    #[arg(long, conflicts_with = "only")]
+    report_only: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -242,6 +247,16 @@ fn experiment(args: ExperimentArgs) -> ExitCode {
     let command: Vec<String> = std::env::args().collect();
     let command = command.join(" ");
     block_on("experiment", async move {
+        if args.report_only {
+            let written = coordinator::report::write(&loaded, &command)?;
+            println!(
+                "report: {} ({} of {} runs of the grid finished)",
+                written.report.display(),
+                written.finished_runs,
+                written.grid_runs
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         let bin_dir = launcher::sibling_dir()?;
         let complete = experiment::run(&loaded, &shards, &bin_dir, &command).await?;
         Ok(if complete { ExitCode::SUCCESS } else { ExitCode::from(130) })

@@ -290,7 +290,8 @@ pub fn write(experiment: &Experiment, command: &str) -> anyhow::Result<Written> 
 
     let summary = json!({
         "experiment": section.name,
-        "command": command,
+        "command": experiment.command(),
+        "report_written_by": command,
         "commits": commits,
         "wall_s": wall_s,
         "task": config.task.name,
@@ -320,7 +321,12 @@ pub fn write(experiment: &Experiment, command: &str) -> anyhow::Result<Written> 
 
     let mut md = String::new();
     let _ = writeln!(md, "# Experiment `{}`: task `{}`\n", section.name, config.task.name);
-    let _ = writeln!(md, "Command: `{command}`\n");
+    let _ = writeln!(
+        md,
+        "Command (from the workspace root, after `cargo build --workspace --bins`; it skips \
+         finished shards): `{}`\n\nThis report was written by: `{command}`\n",
+        experiment.command()
+    );
     let _ = writeln!(
         md,
         "Commit(s) the runs ran on: {}\n",
@@ -393,6 +399,7 @@ pub fn write(experiment: &Experiment, command: &str) -> anyhow::Result<Written> 
     for method in &section.methods {
         row(method, &methods[method]);
     }
+    write_band_table(&mut md, section, &runs, &warm);
     let _ = writeln!(md, "\n## Pooled fronts (secondary)\n");
     let _ =
         writeln!(md, "Hypervolume of each method's nondominated final points over its seeds.\n");
@@ -513,6 +520,53 @@ fn write_tradeoff_table(md: &mut String, warm: &[RunResult]) {
         );
     }
     let _ = writeln!(md);
+}
+
+/// Per method and band: final accuracy and tool calls per question, mean over seeds. Where the
+/// trade-off is real, cutting calls on a band costs accuracy there.
+fn write_band_table(
+    md: &mut String,
+    section: &crate::experiment::ExperimentSection,
+    runs: &[RunResult],
+    warm: &[RunResult],
+) {
+    let mut bands: Vec<&str> = warm
+        .iter()
+        .chain(runs)
+        .flat_map(|r| r.final_eval.by_category.keys().map(String::as_str))
+        .collect();
+    bands.sort_unstable();
+    bands.dedup();
+    if bands.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\n### By band: accuracy / tool calls per question\n");
+    let _ = writeln!(md, "Mean over seeds of each run's final held-out result in each band.\n");
+    let _ = writeln!(md, "| method | {} |", bands.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(bands.len()));
+    let names = std::iter::once(WARM_START).chain(section.methods.iter().map(String::as_str));
+    for method in names {
+        let mine: Vec<&RunResult> =
+            warm.iter().chain(runs).filter(|r| r.method == method).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let cells: Vec<String> = bands
+            .iter()
+            .map(|band| {
+                let cats: Vec<&Category> =
+                    mine.iter().filter_map(|r| r.final_eval.by_category.get(*band)).collect();
+                match (
+                    Spread::of(cats.iter().map(|c| c.accuracy)),
+                    Spread::of(cats.iter().map(|c| c.tool_calls_per_q)),
+                ) {
+                    (Some(a), Some(c)) => format!("{:.2} / {:.2}", a.mean, c.mean),
+                    _ => "-".into(),
+                }
+            })
+            .collect();
+        let _ = writeln!(md, "| {method} | {} |", cells.join(" | "));
+    }
 }
 
 /// ParetoPO's final hypervolume against each static weight and `otc_grpo`, plainly.
