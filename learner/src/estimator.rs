@@ -118,6 +118,32 @@ mod tests {
 
     use super::*;
 
+    /// The config check and this parser accept the same names.
+    #[test]
+    fn the_config_accepts_exactly_the_methods_that_parse() {
+        for name in [
+            "paretopo",
+            "paretopo_stage1_only",
+            "paretopo_stage2_only",
+            "grpo_accuracy",
+            "gdpo",
+            "otc_grpo",
+            "static:0.7",
+            "static:0",
+            "static:1.5",
+            "static:x",
+            "static",
+            "Paretopo",
+            "",
+        ] {
+            assert_eq!(
+                paretopo_service::config::is_method(name),
+                name.parse::<Estimator>().is_ok(),
+                "{name:?}"
+            );
+        }
+    }
+
     #[test]
     fn methods_parse_and_bad_ones_are_named() {
         assert_eq!("paretopo".parse(), Ok(Estimator::ParetoPo));

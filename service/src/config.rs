@@ -409,7 +409,7 @@ impl AlgorithmSection {
 }
 
 /// Whether `method` names an estimator of spec §5 (the learner's `Estimator` parses it).
-fn is_method(method: &str) -> bool {
+pub fn is_method(method: &str) -> bool {
     const NAMED: [&str; 6] = [
         "paretopo",
         "paretopo_stage1_only",
