@@ -257,14 +257,28 @@ fn warm_checkpoint(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(checkpoint)
 }
 
-/// Whether `shard` needs running: a method shard that has not finished, or a warm start whose
-/// checkpoint is missing (results are committed, checkpoints are not).
-fn needs_running(experiment_dir: &Path, shard: &Shard) -> bool {
-    let dir = shard.dir(experiment_dir);
-    match shard {
-        Shard::WarmStart { .. } => !is_finished(&dir) || warm_checkpoint(&dir).is_err(),
-        Shard::Method { .. } => !is_finished(&dir),
-    }
+/// The shards of `shards` that need running: unfinished method shards, and a seed's warm start
+/// when it has not finished or when its checkpoint is missing (results are committed,
+/// checkpoints are not) and one of the seed's method shards still needs it.
+fn pending<'a>(experiment_dir: &Path, shards: &'a [Shard]) -> Vec<&'a Shard> {
+    let method_pending = |seed: u64| {
+        shards.iter().any(|s| {
+            matches!(s, Shard::Method { seed: t, .. } if *t == seed)
+                && !is_finished(&s.dir(experiment_dir))
+        })
+    };
+    shards
+        .iter()
+        .filter(|shard| {
+            let dir = shard.dir(experiment_dir);
+            match shard {
+                Shard::WarmStart { seed } => {
+                    !is_finished(&dir) || (warm_checkpoint(&dir).is_err() && method_pending(*seed))
+                }
+                Shard::Method { .. } => !is_finished(&dir),
+            }
+        })
+        .collect()
 }
 
 /// The commit of the checkout the binaries in `bin_dir` were built in (they live in its
@@ -290,7 +304,7 @@ pub async fn run(
 ) -> anyhow::Result<bool> {
     let dir = &experiment.section.dir;
     let commit = current_commit(bin_dir);
-    let pending: Vec<&Shard> = shards.iter().filter(|s| needs_running(dir, s)).collect();
+    let pending = pending(dir, shards);
     println!(
         "experiment {:?}: {} shards planned, {} to run, {} finished before; commit {commit}",
         experiment.section.name,
@@ -390,6 +404,29 @@ mod tests {
         assert!(plan(&section(), &[("gdpo".into(), 0)]).is_err());
         assert!(parse_only("paretopo").is_err());
         assert!(parse_only("paretopo:x").is_err());
+    }
+
+    /// A fresh clone has the results but no checkpoints: a warm start reruns only for a seed
+    /// that still has a method to run.
+    #[test]
+    fn a_warm_start_without_its_checkpoint_reruns_only_when_a_method_needs_it() {
+        let root = tempfile::tempdir().expect("dir");
+        let shards = plan(&section(), &[]).expect("plan");
+        let finish = |shard: &Shard| {
+            let dir = shard.dir(root.path());
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(dir.join("shard.json"), "{}").expect("write");
+        };
+        assert_eq!(pending(root.path(), &shards).len(), 6);
+        shards.iter().for_each(finish);
+        assert!(pending(root.path(), &shards).is_empty(), "seed 0 and 1 finished");
+        let unfinished = Shard::Method { method: "paretopo".into(), seed: 1 };
+        std::fs::remove_file(unfinished.dir(root.path()).join("shard.json")).expect("rm");
+        assert_eq!(
+            pending(root.path(), &shards),
+            vec![&Shard::WarmStart { seed: 1 }, &unfinished],
+            "seed 1's warm start has no checkpoint here"
+        );
     }
 
     #[test]
