@@ -198,6 +198,12 @@ async fn wait_serving(process: &mut Started, timeout: Duration) -> anyhow::Resul
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = process.child.try_wait()? {
+            // A learner with little to do (`coordinator eval` on a few questions) may finish
+            // before the first health check; that is a finished run, not a failure.
+            if status.success() && process.binary == "learner" {
+                process.exited = Some(status);
+                return Ok(());
+            }
             bail!("{} exited with {status} before it was serving (see its log)", process.name);
         }
         if let Ok(channel) = connect(process.grpc).await {
@@ -273,6 +279,10 @@ async fn follow(config: &RunConfig, started: &mut [Started]) -> anyhow::Result<E
     else {
         bail!("no coordinator or learner was started");
     };
+    if started[learner].exited.is_some_and(|status| status.success()) {
+        println!("training finished before the first status check");
+        return Ok(Ended::Finished);
+    }
     let mut coordinator_client = CoordinatorClient::new(connect(started[coordinator].grpc).await?);
     let mut learner_client = LearnerClient::new(connect(started[learner].grpc).await?);
     let terminal = std::io::stdout().is_terminal();
