@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
+use crate::experiment::quoted;
 use crate::launcher::{self, Ended, LaunchPlan};
 use crate::report::Evaluation;
 
@@ -43,11 +44,6 @@ pub fn run_config_of(checkpoint: &Path) -> Option<PathBuf> {
     let run_dir = checkpoint.parent()?.parent()?;
     let config = run_dir.join("config.toml");
     config.is_file().then_some(config)
-}
-
-/// A string as a TOML value, for `--set`.
-fn quoted(text: &str) -> String {
-    toml::Value::String(text.to_owned()).to_string()
 }
 
 /// Evaluates the plan's checkpoint; the result and the config file used.

@@ -166,7 +166,7 @@ pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Experiment> {
 }
 
 /// A string as a TOML value, for `--set`.
-fn quoted(text: &str) -> String {
+pub(crate) fn quoted(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
 
