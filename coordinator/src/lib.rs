@@ -111,7 +111,8 @@ impl CoordinatorService {
             None => (steering, Vec::new(), 0, 0),
         };
         let state = State {
-            membership: Membership::new(config.cluster.nodes, timeout),
+            membership: Membership::new(config.cluster.nodes, timeout)
+                .with_plan(config.cluster.role_plan()),
             steering,
             nccl_unique_id: Vec::new(),
             collective_address: String::new(),
@@ -196,6 +197,37 @@ impl CoordinatorService {
                 self.process.notify_status_changed();
             }
         }
+    }
+
+    /// Waits for the rendezvous; if `deadline` passes first, stops the process and returns
+    /// what was missing. Returns `None` once complete or on shutdown.
+    async fn rendezvous_deadline(self, deadline: Duration) -> Option<String> {
+        let mut complete = self.complete.subscribe();
+        let shutdown = self.process.shutdown().clone();
+        tokio::select! {
+            _ = complete.wait_for(|c| *c) => return None,
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(deadline) => {}
+        }
+        let missed = {
+            let state = self.lock();
+            let registered: Vec<String> = state
+                .membership
+                .nodes()
+                .iter()
+                .map(|n| format!("{} at {}", n.id, n.address))
+                .collect();
+            format!(
+                "rendezvous: {} did not register within {:.0} s (`cluster.rendezvous_timeout_ms`); \
+                 registered: {}",
+                state.membership.missing(),
+                deadline.as_secs_f64(),
+                if registered.is_empty() { "none".into() } else { registered.join(", ") }
+            )
+        };
+        tracing::error!("{missed}");
+        shutdown.cancel();
+        Some(missed)
     }
 
     fn write_files(&self, state: &State) {
@@ -291,6 +323,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let remote = request.remote_addr();
         let request = request.into_inner();
         check_register(&request)?;
         let run_name = &self.process.info().run_name;
@@ -320,7 +353,7 @@ impl Coordinator for CoordinatorService {
             }
             (id, state.membership.epoch(), state.membership.complete())
         };
-        tracing::info!(node = %id, role = role.as_str_name(), address = %request.advertised_address, "registered");
+        tracing::info!(node = %id, role = role.as_str_name(), address = %request.advertised_address, from = ?remote, "registered");
         if complete {
             self.complete.send_replace(true);
         }
@@ -475,7 +508,14 @@ impl Coordinator for CoordinatorService {
 pub async fn run(launch: Launch) -> anyhow::Result<()> {
     let service = CoordinatorService::new(launch.process.clone(), &launch.config)?;
     tokio::spawn(service.clone().expire_loop());
-    launch.serve(Routes::new(CoordinatorServer::new(service))).await
+    let deadline = Duration::from_millis(launch.config.cluster.rendezvous_timeout_ms);
+    let rendezvous = tokio::spawn(service.clone().rendezvous_deadline(deadline));
+    launch.serve(Routes::new(CoordinatorServer::new(service))).await?;
+    // Serving ended, so shutdown was cancelled and the deadline task has returned.
+    match rendezvous.await {
+        Ok(Some(missed)) => Err(anyhow::anyhow!(missed)),
+        Ok(None) | Err(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,54 @@ struct Cli {
 
     #[command(flatten)]
     common: CommonArgs,
+
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// The rendezvous flags of a serving coordinator (each overrides its `[cluster]` key).
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Worker processes to wait for: learners, actors and tool-servers, never the coordinator
+    /// (`cluster.nodes`). Default with the role flags: their sum.
+    #[arg(long, value_name = "N")]
+    nodes: Option<u32>,
+
+    /// Learner processes of the role plan (`cluster.learners`); give all three role flags, or
+    /// none to accept any mix of `--nodes` workers.
+    #[arg(long, value_name = "L")]
+    learners: Option<u32>,
+
+    /// Actor processes of the role plan (`cluster.actors`).
+    #[arg(long, value_name = "A")]
+    actors: Option<u32>,
+
+    /// Tool-server processes of the role plan (`cluster.tool_servers`).
+    #[arg(long, value_name = "T")]
+    tool_servers: Option<u32>,
+}
+
+impl ServeArgs {
+    /// The flags as `--set` overrides, appended after the user's own.
+    fn overrides(&self) -> Vec<String> {
+        let roles = [
+            ("learners", self.learners),
+            ("actors", self.actors),
+            ("tool_servers", self.tool_servers),
+        ];
+        let mut overrides: Vec<String> = roles
+            .iter()
+            .filter_map(|(key, count)| count.map(|c| format!("cluster.{key}={c}")))
+            .collect();
+        let planned = roles.iter().all(|(_, count)| count.is_some());
+        let nodes = self
+            .nodes
+            .or_else(|| planned.then(|| roles.iter().filter_map(|(_, count)| *count).sum::<u32>()));
+        if let Some(nodes) = nodes {
+            overrides.push(format!("cluster.nodes={nodes}"));
+        }
+        overrides
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,7 +192,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => {
-            run_main(Role::Coordinator, service_names::COORDINATOR, cli.common, coordinator::run)
+            let mut common = cli.common;
+            common.overrides.extend(cli.serve.overrides());
+            run_main(Role::Coordinator, service_names::COORDINATOR, common, coordinator::run)
         }
         Some(Command::Run(args)) => local_run(args),
         Some(Command::Status(args)) => status(args),

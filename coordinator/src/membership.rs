@@ -10,6 +10,23 @@
 use std::time::{Duration, Instant};
 
 use paretopo_proto::v1::{NodeStatus, Peer, ProcessState, Rendezvous, Role};
+use paretopo_service::config::RolePlan;
+
+/// A role's count in a plan (0 for roles that never register).
+trait PlannedCount {
+    fn count(&self, role: Role) -> u32;
+}
+
+impl PlannedCount for RolePlan {
+    fn count(&self, role: Role) -> u32 {
+        match role {
+            Role::Learner => self.learners,
+            Role::Actor => self.actors,
+            Role::ToolServer => self.tool_servers,
+            Role::Coordinator | Role::Unspecified => 0,
+        }
+    }
+}
 
 /// One registered worker.
 #[derive(Debug, Clone)]
@@ -51,12 +68,33 @@ pub enum RegisterError {
         /// `--nodes`.
         expected: u32,
     },
+    /// The role plan has no free place for this role.
+    #[error("role: the run plans {planned} {}, all registered and none lost", role_name(*role, *planned))]
+    RoleFull {
+        /// The role that asked.
+        role: Role,
+        /// Its planned count.
+        planned: u32,
+    },
+}
+
+/// "learner" or "learners", and so on, for messages.
+pub fn role_name(role: Role, count: u32) -> String {
+    let name = match role {
+        Role::Learner => "learner",
+        Role::Actor => "actor",
+        Role::ToolServer => "tool-server",
+        Role::Coordinator => "coordinator",
+        Role::Unspecified => "worker",
+    };
+    if count == 1 { name.to_owned() } else { format!("{name}s") }
 }
 
 /// The membership of one run.
 #[derive(Debug)]
 pub struct Membership {
     expected: u32,
+    plan: Option<RolePlan>,
     timeout: Duration,
     nodes: Vec<Node>,
     epoch: u64,
@@ -69,11 +107,45 @@ impl Membership {
     pub fn new(expected: u32, timeout: Duration) -> Self {
         Membership {
             expected,
+            plan: None,
             timeout,
             nodes: Vec::new(),
             epoch: 0,
             complete: false,
             next_index: [0; 5],
+        }
+    }
+
+    /// Accept only the workers of `plan` (its total must be `expected`): a worker whose role's
+    /// places are taken is refused.
+    pub fn with_plan(mut self, plan: Option<RolePlan>) -> Self {
+        self.plan = plan;
+        self
+    }
+
+    /// What the rendezvous still waits for, e.g. "1 learner, 2 actors" (empty once complete).
+    pub fn missing(&self) -> String {
+        if self.complete {
+            return String::new();
+        }
+        let registered = |role: Role| self.nodes.iter().filter(|n| n.role == role).count() as u32;
+        match self.plan {
+            Some(plan) => [
+                (Role::Learner, plan.learners),
+                (Role::Actor, plan.actors),
+                (Role::ToolServer, plan.tool_servers),
+            ]
+            .into_iter()
+            .filter_map(|(role, planned)| {
+                let missing = planned.saturating_sub(registered(role));
+                (missing > 0).then(|| format!("{missing} {}", role_name(role, missing)))
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+            None => {
+                let missing = self.expected.saturating_sub(self.nodes.len() as u32);
+                format!("{missing} {} of any role", role_name(Role::Unspecified, missing))
+            }
         }
     }
 
@@ -145,6 +217,12 @@ impl Membership {
             None => {
                 if self.nodes.len() as u32 >= self.expected {
                     return Err(RegisterError::Full { expected: self.expected });
+                }
+                let registered = self.nodes.iter().filter(|n| n.role == role).count() as u32;
+                if let Some(planned) = self.plan.map(|plan| plan.count(role))
+                    && registered >= planned
+                {
+                    return Err(RegisterError::RoleFull { role, planned });
                 }
                 let first_rank = self
                     .nodes
@@ -340,6 +418,28 @@ mod tests {
         assert!(m.heartbeat(&l, ProcessState::Serving, 30, 4, "", t2 + Duration::from_secs(0)));
         let rate = m.statuses(t2).iter().find(|s| s.node_id == l).map(|s| s.progress_per_second);
         assert_eq!(rate, Some(10.0));
+    }
+
+    #[test]
+    fn a_role_plan_refuses_extra_workers_of_a_role_and_names_the_missing_ones() {
+        let t0 = Instant::now();
+        let plan = RolePlan { learners: 2, actors: 1, tool_servers: 1 };
+        let mut m = Membership::new(4, Duration::from_secs(5)).with_plan(Some(plan));
+        assert_eq!(m.missing(), "2 learners, 1 actor, 1 tool-server");
+        join(&mut m, Role::Actor, "a:1", t0);
+        let err = m.register(Role::Actor, "a:2", "h", 0, "", t0).expect_err("one actor planned");
+        assert_eq!(err, RegisterError::RoleFull { role: Role::Actor, planned: 1 });
+        assert!(err.to_string().contains("plans 1 actor,"), "{err}");
+        join(&mut m, Role::Learner, "l:1", t0);
+        assert_eq!(m.missing(), "1 learner, 1 tool-server");
+        join(&mut m, Role::Learner, "l:2", t0);
+        join(&mut m, Role::ToolServer, "t:1", t0);
+        assert!(m.complete());
+        assert_eq!(m.missing(), "");
+        // Without a plan, any mix is counted.
+        let mut any = Membership::new(3, Duration::from_secs(5));
+        join(&mut any, Role::Actor, "a:1", t0);
+        assert_eq!(any.missing(), "2 workers of any role");
     }
 
     #[test]

@@ -28,6 +28,16 @@ pub enum CollectiveError {
         /// The error.
         source: std::io::Error,
     },
+    /// A peer sent nothing, or took nothing, for the whole deadline: it is lost.
+    #[error("collective: rank {rank}: rank {peer} did not answer within {seconds:.1} s (lost)")]
+    Timeout {
+        /// This rank.
+        rank: usize,
+        /// The silent side.
+        peer: usize,
+        /// The deadline.
+        seconds: f64,
+    },
     /// Not every rank joined before the deadline.
     #[error("collective: rank {rank}: {joined} of {world} ranks joined within {seconds} s")]
     Rendezvous {
@@ -50,6 +60,32 @@ pub enum CollectiveError {
         /// What differs.
         what: String,
     },
+}
+
+impl CollectiveError {
+    /// The rank this error blames, if it blames one.
+    pub fn peer(&self) -> Option<usize> {
+        match self {
+            CollectiveError::Io { peer, .. }
+            | CollectiveError::Timeout { peer, .. }
+            | CollectiveError::Mismatch { peer, .. } => Some(*peer),
+            CollectiveError::Rendezvous { .. } => None,
+        }
+    }
+}
+
+/// The error for an I/O failure between `rank` and `peer`: a timeout when the deadline passed.
+fn io_error(
+    rank: usize,
+    peer: usize,
+    timeout: Duration,
+) -> impl Fn(std::io::Error) -> CollectiveError {
+    move |source| match source.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            CollectiveError::Timeout { rank, peer, seconds: timeout.as_secs_f64() }
+        }
+        _ => CollectiveError::Io { rank, peer, source },
+    }
 }
 
 /// Numbers the collective can add: fixed-width, little-endian on the wire.
@@ -89,6 +125,7 @@ pub struct TcpCollective {
     /// Rank 0: the streams of ranks 1..world, in rank order. Others: the stream to rank 0.
     peers: Vec<TcpStream>,
     calls: u64,
+    timeout: Duration,
 }
 
 impl TcpCollective {
@@ -103,7 +140,7 @@ impl TcpCollective {
         timeout: Duration,
     ) -> Result<Self, CollectiveError> {
         let deadline = Instant::now() + timeout;
-        let io = |peer| move |source| CollectiveError::Io { rank, peer, source };
+        let io = |peer| io_error(rank, peer, timeout);
         let rendezvous = |joined| CollectiveError::Rendezvous {
             rank,
             joined,
@@ -171,7 +208,7 @@ impl TcpCollective {
             (&stream).write_all(&hello).map_err(io(0))?;
             peers.push(stream);
         }
-        Ok(TcpCollective { rank, world, peers, calls: 0 })
+        Ok(TcpCollective { rank, world, peers, calls: 0, timeout })
     }
 
     /// This rank.
@@ -190,7 +227,7 @@ impl TcpCollective {
         let call = self.calls;
         self.calls += 1;
         let rank = self.rank;
-        let io = |peer| move |source| CollectiveError::Io { rank, peer, source };
+        let io = |peer| io_error(rank, peer, self.timeout);
         if self.world == 1 {
             return Ok(());
         }
@@ -198,7 +235,7 @@ impl TcpCollective {
             let mut incoming = vec![T::default(); buffer.len()];
             for (i, stream) in self.peers.iter_mut().enumerate() {
                 let peer = i + 1;
-                receive(stream, call, &mut incoming, rank, peer)?;
+                receive(stream, call, &mut incoming, rank, peer, self.timeout)?;
                 for (sum, value) in buffer.iter_mut().zip(&incoming) {
                     *sum += *value;
                 }
@@ -210,7 +247,7 @@ impl TcpCollective {
         } else {
             let stream = &mut self.peers[0];
             stream.write_all(&encode(call, buffer)).map_err(io(0))?;
-            receive(stream, call, buffer, rank, 0)?;
+            receive(stream, call, buffer, rank, 0, self.timeout)?;
         }
         Ok(())
     }
@@ -239,10 +276,11 @@ fn receive<T: Element>(
     into: &mut [T],
     rank: usize,
     peer: usize,
+    timeout: Duration,
 ) -> Result<(), CollectiveError> {
-    let io = |source| CollectiveError::Io { rank, peer, source };
+    let io = io_error(rank, peer, timeout);
     let mut header = [0u8; 16];
-    stream.read_exact(&mut header).map_err(io)?;
+    stream.read_exact(&mut header).map_err(&io)?;
     let their_call = u64::from_le_bytes(header[..8].try_into().unwrap_or_default());
     let elements = u64::from_le_bytes(header[8..].try_into().unwrap_or_default());
     if their_call != call || elements != into.len() as u64 {
@@ -256,7 +294,7 @@ fn receive<T: Element>(
         });
     }
     let mut bytes = vec![0u8; into.len() * T::SIZE];
-    stream.read_exact(&mut bytes).map_err(io)?;
+    stream.read_exact(&mut bytes).map_err(&io)?;
     for (value, chunk) in into.iter_mut().zip(bytes.chunks_exact(T::SIZE)) {
         *value = T::get(chunk);
     }
@@ -340,6 +378,26 @@ mod tests {
             .expect_err("ranks 1 and 2 never come");
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         assert!(err.to_string().contains("1 of 3 ranks joined"), "{err}");
+    }
+
+    #[test]
+    fn a_silent_rank_is_named_lost_within_the_deadline() {
+        let (listener, addr) = root();
+        let timeout = Duration::from_millis(300);
+        let silent = std::thread::spawn(move || {
+            let joined = TcpCollective::join(1, 2, addr, None, timeout).expect("join");
+            // Joined, then silent, as behind a link that went down.
+            std::thread::sleep(Duration::from_secs(2));
+            drop(joined);
+        });
+        let mut root = TcpCollective::join(0, 2, addr, Some(listener), timeout).expect("join");
+        let started = Instant::now();
+        let err = root.all_reduce_sum(&mut [1.0f32; 4]).expect_err("rank 1 sends nothing");
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(matches!(err, CollectiveError::Timeout { peer: 1, .. }), "{err}");
+        assert_eq!(err.peer(), Some(1));
+        assert!(err.to_string().contains("rank 1 did not answer within 0.3 s"), "{err}");
+        silent.join().expect("silent rank");
     }
 
     #[test]

@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
 use crate::checkpoint::{self, TrainerState};
-use crate::collective::TcpCollective;
+use crate::collective::{CollectiveError, TcpCollective};
 use crate::estimator::{Context as EstimatorContext, Estimator};
 use crate::eval::{self, EvalResult};
 use crate::intake::{self, Group, IntakeLimits};
@@ -225,16 +225,20 @@ pub async fn work(
     let progress = Arc::new(Progress::default());
     // Every learner offers a collective listener; the one that becomes rank 0 uses it.
     let host = process.listen_address().ip();
-    let listener = TcpListener::bind(SocketAddr::new(host, 0)).context("binding the collective")?;
+    let ports = &config.learner;
+    let listener =
+        TcpListener::bind(SocketAddr::new(host, ports.collective_port)).with_context(|| {
+            format!("binding `learner.collective_port` = {}", ports.collective_port)
+        })?;
     let advertised_host = process
         .peer_address()
         .rsplit_once(':')
         .map_or_else(|| host.to_string(), |(h, _)| h.to_owned());
     let collective_address = format!("{advertised_host}:{}", listener.local_addr()?.port());
     // The raw weights port, for actors that fetch versions over plain TCP.
-    let weights_listener = tokio::net::TcpListener::bind(SocketAddr::new(host, 0))
+    let weights_listener = tokio::net::TcpListener::bind(SocketAddr::new(host, ports.weights_port))
         .await
-        .context("binding the weights port")?;
+        .with_context(|| format!("binding `learner.weights_port` = {}", ports.weights_port))?;
     let _ = shared
         .raw_address
         .set(format!("{advertised_host}:{}", weights_listener.local_addr()?.port()));
@@ -276,10 +280,18 @@ pub async fn work(
             CollectivePlan::Nccl { ordinal, id: view.nccl_unique_id.clone() }
         }
         _ if world > 1 => {
-            let root: SocketAddr = view.collective_address.parse().with_context(|| {
-                format!("rank 0's collective address {:?}", view.collective_address)
-            })?;
-            CollectivePlan::Tcp { root, listener: if rank == 0 { Some(listener) } else { None } }
+            // A host name (an advertised DNS name in Kubernetes) is resolved once, here.
+            let root = std::net::ToSocketAddrs::to_socket_addrs(view.collective_address.as_str())
+                .ok()
+                .and_then(|mut addresses| addresses.next())
+                .with_context(|| {
+                    format!("resolving rank 0's collective address {:?}", view.collective_address)
+                })?;
+            CollectivePlan::Tcp {
+                root,
+                listener: if rank == 0 { Some(listener) } else { None },
+                timeout: Duration::from_millis(config.cluster.collective_timeout_ms),
+            }
         }
         _ => CollectivePlan::None,
     };
@@ -317,8 +329,8 @@ pub async fn work(
 enum CollectivePlan {
     /// A single rank on CPU.
     None,
-    /// CPU ranks over TCP; rank 0 accepts on its listener.
-    Tcp { root: SocketAddr, listener: Option<TcpListener> },
+    /// CPU ranks over TCP; rank 0 accepts on its listener; every call has `timeout`.
+    Tcp { root: SocketAddr, listener: Option<TcpListener>, timeout: Duration },
     /// NCCL on CUDA device `ordinal` with rank 0's unique id.
     Nccl { ordinal: usize, id: Vec<u8> },
 }
@@ -336,13 +348,9 @@ impl Collective {
     fn join(plan: CollectivePlan, rank: usize, world: usize) -> anyhow::Result<Self> {
         Ok(match plan {
             CollectivePlan::None => Collective::None,
-            CollectivePlan::Tcp { root, listener } => Collective::Tcp(TcpCollective::join(
-                rank,
-                world,
-                root,
-                listener,
-                Duration::from_secs(60),
-            )?),
+            CollectivePlan::Tcp { root, listener, timeout } => {
+                Collective::Tcp(TcpCollective::join(rank, world, root, listener, timeout)?)
+            }
             CollectivePlan::Nccl { ordinal, id } => {
                 let joined = NcclCollective::join(ordinal, rank, world, &id)?;
                 tracing::info!(rank, world, ordinal, "NCCL communicator ready");
@@ -500,14 +508,39 @@ impl Trainer {
         while state.step < total {
             self.shared.set_phase("training", state.step, total);
             let Some(batch) = self.gather(&state)? else { break };
-            let record = self.step(
+            let stepped = self.step(
                 &model,
                 reference.as_ref(),
                 &mut collective,
                 &mut optimizer,
                 &mut state,
                 batch,
-            )?;
+            );
+            let record = match stepped {
+                Ok(record) => record,
+                Err(e) => {
+                    let lost = e.chain().find_map(|c| c.downcast_ref::<CollectiveError>());
+                    let Some(lost) = lost else { return Err(e) };
+                    // Every collective call of a step comes before its optimizer update, so the
+                    // model and `state` still hold the last completed step: rank 0 saves them.
+                    let peer = lost.peer().map_or("a rank".into(), |p| format!("rank {p}"));
+                    if self.rank != 0 {
+                        bail!("lost learner {peer} at step {}: {e:#}", state.step + 1);
+                    }
+                    let dir = checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state)?;
+                    bail!(
+                        "lost learner {peer} at step {}: {e:#}; the run stops here, and \
+                         {} (step {}) resumes it",
+                        state.step + 1,
+                        dir.display(),
+                        state.step
+                    );
+                }
+            };
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                // Off by default: it reads every parameter. Ranks must print the same digest.
+                tracing::debug!(step = state.step, rank = self.rank, digest = %parameter_digest(&model), "step parameters");
+            }
             if self.rank == 0 {
                 writeln!(metrics, "{record}").context("writing metrics.jsonl")?;
             }

@@ -40,6 +40,13 @@ pub struct CommonArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// The address peers dial to reach this process: `HOST` (the bound gRPC port is added) or
+    /// `HOST:PORT`. Overrides `advertised_address` in this role's config section. Without
+    /// either: the listen address, or, when that is a wildcard (`0.0.0.0`, `[::]`), `$POD_IP`
+    /// and else the host name, with the bound port.
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+
     /// Log line format on stderr. The level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -62,6 +69,11 @@ impl CommonArgs {
         }
         if let Some(metrics) = self.metrics_listen {
             overrides.push(format!("{section}.metrics_listen=\"{metrics}\""));
+        }
+        if let Some(advertise) = &self.advertise {
+            // A TOML basic string: quotes and backslashes escaped, so any value stays one key.
+            let quoted = toml::Value::String(advertise.clone()).to_string();
+            overrides.push(format!("{section}.advertised_address={quoted}"));
         }
         RunConfig::load(self.config.as_deref(), &overrides)
     }
@@ -193,7 +205,10 @@ async fn launch(
         service_name,
         listen_address: grpc_listener.local_addr()?,
         metrics_address: metrics_listener.as_ref().map(TcpListener::local_addr).transpose()?,
-        advertised_address: section.advertised_address.clone(),
+        advertised_address: Some(advertised_address(
+            section.advertised_address.as_deref(),
+            grpc_listener.local_addr()?,
+        )),
         drain_timeout: Duration::from_millis(section.drain_timeout_ms),
     };
     let process = Arc::new(Process::new(setup, started).await);
@@ -206,6 +221,35 @@ async fn launch(
         "starting"
     );
     Ok(Launch { config, process, metrics, grpc_listener, metrics_listener })
+}
+
+/// The address peers dial: `configured` as given when it names a port, a configured bare host
+/// with the `bound` port, or else the bound address, with `$POD_IP` or the host name standing
+/// in for a wildcard host (a process listening on `0.0.0.0` cannot be dialled there).
+pub fn advertised_address(configured: Option<&str>, bound: SocketAddr) -> String {
+    let with_port = |host: &str| {
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{}", bound.port())
+        } else {
+            format!("{host}:{}", bound.port())
+        }
+    };
+    match configured.map(str::trim).filter(|c| !c.is_empty()) {
+        Some(address) => {
+            let names_port = address.parse::<SocketAddr>().is_ok()
+                || address.rsplit_once(':').is_some_and(|(host, port)| {
+                    port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+                });
+            if names_port { address.to_owned() } else { with_port(address) }
+        }
+        None if bound.ip().is_unspecified() => {
+            let pod_ip = std::env::var("POD_IP").ok().filter(|ip| !ip.trim().is_empty());
+            let host =
+                pod_ip.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+            with_port(host.trim())
+        }
+        None => bound.to_string(),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
@@ -222,5 +266,45 @@ async fn wait_for_signal() {
             tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this process");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_address_keeps_a_port_and_adds_the_bound_one_to_a_bare_host() {
+        let bound: SocketAddr = "0.0.0.0:7000".parse().expect("addr");
+        let cases = [
+            ("10.0.0.3:9000", "10.0.0.3:9000"),
+            ("10.0.0.3", "10.0.0.3:7000"),
+            ("learner-0.run.svc", "learner-0.run.svc:7000"),
+            ("learner-0.run.svc:81", "learner-0.run.svc:81"),
+            ("[fd00::3]:9000", "[fd00::3]:9000"),
+            ("fd00::3", "[fd00::3]:7000"),
+            ("[fd00::3]", "[fd00::3]:7000"),
+        ];
+        for (configured, want) in cases {
+            assert_eq!(advertised_address(Some(configured), bound), want, "{configured}");
+        }
+        let loopback: SocketAddr = "127.0.0.1:4321".parse().expect("addr");
+        assert_eq!(advertised_address(None, loopback), "127.0.0.1:4321");
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_is_never_advertised() {
+        let bound: SocketAddr = "0.0.0.0:7000".parse().expect("addr");
+        let advertised = advertised_address(None, bound);
+        assert!(!advertised.starts_with("0.0.0.0"), "{advertised}");
+        assert!(advertised.ends_with(":7000"), "{advertised}");
+    }
+
+    #[test]
+    fn advertise_flag_becomes_the_role_sections_key() {
+        let args = CommonArgs { advertise: Some("10.0.0.7".into()), ..Default::default() };
+        let config = args.load_config(Role::Actor).expect("config");
+        assert_eq!(config.actor.advertised_address.as_deref(), Some("10.0.0.7"));
+        assert_eq!(config.learner.advertised_address, None);
     }
 }

@@ -67,7 +67,7 @@ pub struct RunConfig {
     /// `[coordinator]`: the coordinator process.
     pub coordinator: RoleSection,
     /// `[learner]`: each learner process.
-    pub learner: RoleSection,
+    pub learner: LearnerSection,
     /// `[actor]`: each actor process.
     pub actor: RoleSection,
     /// `[tool_server]`: each tool-server process.
@@ -119,6 +119,105 @@ pub struct ClusterSection {
     /// plain TCP port of the learner: several times faster for large policies) or `grpc`
     /// (the bytes in the stream's chunks).
     pub weights_transport: String,
+    /// The role plan: how many of the `nodes` workers are learners. Set `learners`, `actors`
+    /// and `tool_servers` together (they must add up to `nodes`), or none of them: then any
+    /// mix of `nodes` workers is accepted and each announces its role when it registers.
+    pub learners: Option<u32>,
+    /// The role plan's actors; see `learners`.
+    pub actors: Option<u32>,
+    /// The role plan's tool-servers; see `learners`.
+    pub tool_servers: Option<u32>,
+    /// How long the coordinator waits for all `nodes` workers to register; then it stops with
+    /// an error that names the missing roles. In milliseconds.
+    pub rendezvous_timeout_ms: u64,
+    /// The deadline of every call of the learners' gradient collective, and of joining it: a
+    /// rank silent for longer is reported lost and the run stops with a checkpoint. In
+    /// milliseconds.
+    pub collective_timeout_ms: u64,
+}
+
+/// How many workers of each role a run has (`[cluster]` learners, actors, tool_servers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolePlan {
+    /// Learner processes.
+    pub learners: u32,
+    /// Actor processes.
+    pub actors: u32,
+    /// Tool-server processes.
+    pub tool_servers: u32,
+}
+
+impl RolePlan {
+    /// Workers in all.
+    pub fn total(&self) -> u32 {
+        self.learners + self.actors + self.tool_servers
+    }
+}
+
+impl ClusterSection {
+    /// The role plan, when all three counts are set.
+    pub fn role_plan(&self) -> Option<RolePlan> {
+        Some(RolePlan {
+            learners: self.learners?,
+            actors: self.actors?,
+            tool_servers: self.tool_servers?,
+        })
+    }
+
+    /// Checks values that parse but make no sense; returns the key (within the section) and why.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !matches!(self.weights_transport.as_str(), "tcp" | "grpc") {
+            return Err((
+                "weights_transport",
+                format!("expected `tcp` or `grpc`, got {:?}", self.weights_transport),
+            ));
+        }
+        if self.nodes == 0 {
+            return Err(("nodes", "must be at least 1".into()));
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_timeout_ms <= self.heartbeat_interval_ms
+        {
+            return Err((
+                "heartbeat_timeout_ms",
+                format!(
+                    "must exceed heartbeat_interval_ms ({}) and both be positive, got {}",
+                    self.heartbeat_interval_ms, self.heartbeat_timeout_ms
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("rendezvous_timeout_ms", self.rendezvous_timeout_ms),
+            ("collective_timeout_ms", self.collective_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err((key, "must be positive".into()));
+            }
+        }
+        let counts = [self.learners, self.actors, self.tool_servers];
+        match self.role_plan() {
+            Some(plan) if plan.total() != self.nodes => Err((
+                "nodes",
+                format!(
+                    "the role plan has {} learners + {} actors + {} tool-servers = {} workers, \
+                     but nodes = {}",
+                    plan.learners,
+                    plan.actors,
+                    plan.tool_servers,
+                    plan.total(),
+                    self.nodes
+                ),
+            )),
+            Some(plan) if plan.learners == 0 => {
+                Err(("learners", "a run needs at least 1 learner".into()))
+            }
+            None if counts.iter().any(Option::is_some) => Err((
+                "learners",
+                "set learners, actors and tool_servers together, or none of them".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for ClusterSection {
@@ -130,6 +229,11 @@ impl Default for ClusterSection {
             heartbeat_timeout_ms: 5000,
             local_actors: 2,
             weights_transport: "tcp".into(),
+            learners: None,
+            actors: None,
+            tool_servers: None,
+            rendezvous_timeout_ms: 600_000,
+            collective_timeout_ms: 60_000,
         }
     }
 }
@@ -450,6 +554,53 @@ impl Default for RoleSection {
     }
 }
 
+/// `[learner]`: the keys every role has, and the learner's two other ports.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnerSection {
+    /// The gRPC listen address (`--listen`). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The Prometheus metrics listen address (`--metrics-listen`); absent turns metrics off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The address peers should dial, when it differs from `listen` (NAT, Kubernetes).
+    pub advertised_address: Option<String>,
+    /// How long shutdown may wait for calls in flight, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// The port of the CPU gradient collective (rank 0 accepts the other ranks there), on the
+    /// host of `listen`; 0 picks a free port. Fix it where a firewall or a NetworkPolicy must
+    /// name it.
+    pub collective_port: u16,
+    /// The port actors fetch weights from over plain TCP (`cluster.weights_transport = "tcp"`),
+    /// on the host of `listen`; 0 picks a free port.
+    pub weights_port: u16,
+}
+
+impl Default for LearnerSection {
+    fn default() -> Self {
+        let role = RoleSection::default();
+        Self {
+            listen: role.listen,
+            metrics_listen: role.metrics_listen,
+            advertised_address: role.advertised_address,
+            drain_timeout_ms: role.drain_timeout_ms,
+            collective_port: 0,
+            weights_port: 0,
+        }
+    }
+}
+
+impl LearnerSection {
+    /// The keys every role has.
+    pub fn role(&self) -> RoleSection {
+        RoleSection {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            advertised_address: self.advertised_address.clone(),
+            drain_timeout_ms: self.drain_timeout_ms,
+        }
+    }
+}
+
 /// `[tool_server]`: the keys every role has, and the tools' corpus and limits.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -590,7 +741,7 @@ impl RunConfig {
     pub fn role_section(&self, role: crate::Role) -> RoleSection {
         match role {
             crate::Role::Coordinator => self.coordinator.clone(),
-            crate::Role::Learner => self.learner.clone(),
+            crate::Role::Learner => self.learner.role(),
             crate::Role::Actor => self.actor.clone(),
             crate::Role::ToolServer => self.tool_server.role(),
         }
@@ -623,25 +774,8 @@ impl RunConfig {
         if let Err((key, message)) = self.tool_server.validate() {
             return fail(&format!("tool_server.{key}"), message);
         }
-        if !matches!(self.cluster.weights_transport.as_str(), "tcp" | "grpc") {
-            return fail(
-                "cluster.weights_transport",
-                format!("expected `tcp` or `grpc`, got {:?}", self.cluster.weights_transport),
-            );
-        }
-        if self.cluster.nodes == 0 {
-            return fail("cluster.nodes", "must be at least 1".into());
-        }
-        if self.cluster.heartbeat_interval_ms == 0
-            || self.cluster.heartbeat_timeout_ms <= self.cluster.heartbeat_interval_ms
-        {
-            return fail(
-                "cluster.heartbeat_timeout_ms",
-                format!(
-                    "must exceed heartbeat_interval_ms ({}) and both be positive, got {}",
-                    self.cluster.heartbeat_interval_ms, self.cluster.heartbeat_timeout_ms
-                ),
-            );
+        if let Err((key, message)) = self.cluster.validate() {
+            return fail(&format!("cluster.{key}"), message);
         }
         if let Err((key, message)) = self.algorithm.validate(self.task.objectives.len()) {
             return fail(&format!("algorithm.{key}"), message);
@@ -770,6 +904,47 @@ mod tests {
         assert!(msg.contains("key `tool_server.default_deadline_ms`"), "{msg}");
         let msg = load_text("[tool_server]\nsearch_k = 1\n").expect_err("unknown").to_string();
         assert!(msg.contains("unknown field `search_k`"), "{msg}");
+    }
+
+    #[test]
+    fn a_role_plan_sets_all_three_counts_and_adds_up_to_nodes() {
+        let plan = |sets: &[&str]| {
+            RunConfig::load(None, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        let config = plan(&[
+            "cluster.nodes=8",
+            "cluster.learners=2",
+            "cluster.actors=5",
+            "cluster.tool_servers=1",
+        ])
+        .expect("2 + 5 + 1 = 8");
+        assert_eq!(
+            config.cluster.role_plan(),
+            Some(RolePlan { learners: 2, actors: 5, tool_servers: 1 })
+        );
+        assert_eq!(RunConfig::default().cluster.role_plan(), None, "no plan by default");
+        let msg = plan(&[
+            "cluster.nodes=7",
+            "cluster.learners=2",
+            "cluster.actors=5",
+            "cluster.tool_servers=1",
+        ])
+        .expect_err("sum")
+        .to_string();
+        assert!(msg.contains("key `cluster.nodes`") && msg.contains("= 8 workers"), "{msg}");
+        let msg = plan(&["cluster.learners=2"]).expect_err("partial").to_string();
+        assert!(msg.contains("key `cluster.learners`") && msg.contains("together"), "{msg}");
+        let msg = plan(&[
+            "cluster.nodes=2",
+            "cluster.learners=0",
+            "cluster.actors=1",
+            "cluster.tool_servers=1",
+        ])
+        .expect_err("no learner")
+        .to_string();
+        assert!(msg.contains("at least 1 learner"), "{msg}");
+        let msg = plan(&["cluster.collective_timeout_ms=0"]).expect_err("zero").to_string();
+        assert!(msg.contains("key `cluster.collective_timeout_ms`: must be positive"), "{msg}");
     }
 
     #[test]
