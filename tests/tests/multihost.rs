@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use paretopo_proto::v1::{
 use paretopo_tests::{binary, workspace_root};
 
 /// The hosts are machine-wide: one test at a time.
-static HOSTS: Mutex<()> = Mutex::new(());
+static HOSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const PORT: u16 = 7000;
 const COLLECTIVE_PORT: u16 = 7001;
@@ -379,7 +378,7 @@ async fn nine_hosts_train_and_an_actor_whose_link_drops_is_lost_then_rejoins() {
         );
         return;
     }
-    let _one_at_a_time = HOSTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one_at_a_time = HOSTS.lock().await;
     let started = Instant::now();
     let mut hosts = Hosts::up();
     // Long enough that the faults and the rejoin happen while the learners still train.
