@@ -215,8 +215,8 @@ impl Drop for Hosts {
 async fn channel(host: usize) -> Option<tonic::transport::Channel> {
     tonic::transport::Endpoint::from_shared(format!("http://{}:{PORT}", address(host)))
         .ok()?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(5))
         .connect()
         .await
         .ok()
@@ -322,9 +322,19 @@ async fn check_registrations(hosts: &Hosts) {
 }
 
 /// Learner ranks: (host of rank 0, host of rank 1).
-async fn learner_ranks() -> (usize, usize) {
-    let first = learner_status(LEARNERS[0]).await.expect("learner status");
-    if first.rank == 0 { (LEARNERS[0], LEARNERS[1]) } else { (LEARNERS[1], LEARNERS[0]) }
+async fn learner_ranks(hosts: &Hosts) -> (usize, usize) {
+    let rank = AtomicU64::new(u64::MAX);
+    let rank = &rank;
+    wait_until(hosts, "learner 0's status", Duration::from_secs(30), || async move {
+        let status = learner_status(LEARNERS[0]).await;
+        status.inspect(|s| rank.store(s.rank.into(), Ordering::Relaxed)).is_some()
+    })
+    .await;
+    if rank.load(Ordering::Relaxed) == 0 {
+        (LEARNERS[0], LEARNERS[1])
+    } else {
+        (LEARNERS[1], LEARNERS[0])
+    }
 }
 
 /// Waits until every actor holds the newest policy version learner rank 0 has published (and
@@ -385,7 +395,7 @@ async fn nine_hosts_train_and_an_actor_whose_link_drops_is_lost_then_rejoins() {
     let steps = 150;
     start_cluster(&mut hosts, steps, None).await;
     check_registrations(&hosts).await;
-    let (rank0, _) = learner_ranks().await;
+    let (rank0, _) = learner_ranks(&hosts).await;
     wait_actors_on_newest(&hosts, rank0, 2).await;
 
     // Cut actor host 3's link: the coordinator marks it lost within the heartbeat timeout.
@@ -450,5 +460,98 @@ async fn nine_hosts_train_and_an_actor_whose_link_drops_is_lost_then_rejoins() {
         HEARTBEAT_TIMEOUT.as_secs_f64(),
         rejoin_after.as_secs_f64(),
         started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow tier (./dev test-slow): a run through delay proxies with packet loss"]
+async fn nine_hosts_complete_a_run_with_20_ms_latency_and_1_percent_loss_everywhere() {
+    if let Some(why) = unsupported() {
+        eprintln!("SKIPPED nine_hosts_..._latency_and_loss: {why}");
+        return;
+    }
+    let _one_at_a_time = HOSTS.lock().await;
+    let started = Instant::now();
+    let mut hosts = Hosts::up();
+    sh(&["loss", "0.01"]);
+    let steps = 30;
+    start_cluster(&mut hosts, steps, Some(Duration::from_millis(20))).await;
+    check_registrations(&hosts).await;
+    // The proxies really hold each chunk: a status call takes at least two delays.
+    let mut client = CoordinatorClient::new(channel(0).await.expect("coordinator"));
+    client.get_status(GetStatusRequest {}).await.expect("status");
+    let call = Instant::now();
+    client.get_status(GetStatusRequest {}).await.expect("status");
+    let round_trip = call.elapsed();
+    assert!(round_trip >= Duration::from_millis(40), "round trip {round_trip:?}");
+    let (rank0, _) = learner_ranks(&hosts).await;
+    let newest = wait_actors_on_newest(&hosts, rank0, 2).await;
+    for host in LEARNERS {
+        let exit = hosts.wait_exit(host, "learner", Duration::from_secs(600));
+        assert!(
+            exit.is_some_and(|e| e.success()),
+            "learner on host {host}: {exit:?}\n{}",
+            hosts.logs()
+        );
+    }
+    check_same_parameters(&hosts, steps);
+    assert_eq!(metrics_steps(&hosts.run_dir()), (1..=steps).collect::<Vec<_>>());
+    let mut trajectories = 0;
+    for host in ACTORS {
+        trajectories += actor_status(host).await.map_or(0, |s| s.episodes_total);
+    }
+    println!(
+        "multihost (9 hosts, 20 ms each way through delay proxies, 1% of packets dropped): \
+         {steps} steps, {trajectories} trajectories, every actor on the newest policy (v{newest}) \
+         during the run, a status call {:.0} ms, {:.0} s in all",
+        round_trip.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow tier (./dev test-slow): a learner's link down"]
+async fn a_learner_whose_link_drops_stops_the_run_naming_it_with_a_checkpoint() {
+    if let Some(why) = unsupported() {
+        eprintln!("SKIPPED a_learner_whose_link_drops_...: {why}");
+        return;
+    }
+    let _one_at_a_time = HOSTS.lock().await;
+    let mut hosts = Hosts::up();
+    start_cluster(&mut hosts, 150, None).await;
+    check_registrations(&hosts).await;
+    let (rank0, rank1) = learner_ranks(&hosts).await;
+    wait_until(&hosts, "step 3", Duration::from_secs(120), || async {
+        learner_status(rank0).await.is_some_and(|s| s.step >= 3)
+    })
+    .await;
+    let step_at_cut = learner_status(rank0).await.map_or(0, |s| s.step);
+    sh(&["link", &rank1.to_string(), "down"]);
+    let cut = Instant::now();
+    let exit = hosts.wait_exit(rank0, "learner", COLLECTIVE_TIMEOUT + Duration::from_secs(30));
+    let detected = cut.elapsed();
+    let Some(exit) = exit else {
+        panic!("rank 0 still runs {detected:?} after rank 1's link went down\n{}", hosts.logs())
+    };
+    assert!(!exit.success(), "a lost rank is an error: {exit}");
+    let log = hosts.log(rank0, "learner");
+    let named = log
+        .lines()
+        .find(|l| l.contains("lost learner rank 1"))
+        .unwrap_or_else(|| panic!("rank 0's error does not name rank 1\n{}", hosts.logs()));
+    assert!(named.contains("resumes it"), "{named}");
+    let latest =
+        std::fs::read_to_string(hosts.run_dir().join("checkpoints/latest")).expect("latest");
+    let step: u64 = latest.trim().trim_start_matches("step-").parse().expect("step-<n>");
+    assert!(step >= step_at_cut, "checkpoint step {step} < step {step_at_cut} at the cut");
+    assert!(
+        hosts.run_dir().join("checkpoints").join(latest.trim()).join("model.safetensors").is_file()
+    );
+    println!(
+        "multihost (learner rank 1's link down at step {step_at_cut}): rank 0 stopped {:.1} s \
+         later (collective timeout {:.0} s) naming rank 1, with checkpoint {} to resume from",
+        detected.as_secs_f64(),
+        COLLECTIVE_TIMEOUT.as_secs_f64(),
+        latest.trim()
     );
 }
