@@ -7,7 +7,8 @@
 //!
 //! Needs root (CI runs as root); elsewhere each test prints why it skipped and passes. The CI
 //! tier runs all hosts with one fault (an actor's link down and up again); the slow tier
-//! (`./dev test-slow`) adds 20 ms latency with 1% loss everywhere, and a learner's link down.
+//! (`./dev test-slow`) adds 20 ms latency with 1% loss and a bandwidth limit everywhere, and a
+//! learner's link down.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -474,6 +475,9 @@ async fn nine_hosts_complete_a_run_with_20_ms_latency_and_1_percent_loss_everywh
     let started = Instant::now();
     let mut hosts = Hosts::up();
     sh(&["loss", "0.01"]);
+    for host in 0..HOST_COUNT {
+        sh(&["rate", &host.to_string(), "200mbit"]);
+    }
     let steps = 30;
     start_cluster(&mut hosts, steps, Some(Duration::from_millis(20))).await;
     check_registrations(&hosts).await;
@@ -501,7 +505,8 @@ async fn nine_hosts_complete_a_run_with_20_ms_latency_and_1_percent_loss_everywh
         trajectories += actor_status(host).await.map_or(0, |s| s.episodes_total);
     }
     println!(
-        "multihost (9 hosts, 20 ms each way through delay proxies, 1% of packets dropped): \
+        "multihost (9 hosts, 20 ms each way through delay proxies, 1% of packets dropped, \
+         200 Mbit/s per host): \
          {steps} steps, {trajectories} trajectories, every actor on the newest policy (v{newest}) \
          during the run, a status call {:.0} ms, {:.0} s in all",
         round_trip.as_secs_f64() * 1e3,
