@@ -16,6 +16,10 @@ use tonic_health::server::HealthReporter;
 
 use crate::Role;
 
+/// The health service name that is SERVING from start to exit, whatever the state: what a
+/// Kubernetes liveness probe asks, so a learner busy in its warm start is not restarted.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// One running paretopo process. Shared as `Arc<Process>` by the role's service and the server.
 #[derive(Debug)]
 pub struct Process {
@@ -63,6 +67,7 @@ impl Process {
         let health = HealthReporter::new();
         health.set_service_status("", ServingStatus::NotServing).await;
         health.set_service_status(setup.service_name, ServingStatus::NotServing).await;
+        health.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
         let started_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64() - started.elapsed().as_secs_f64())
@@ -173,6 +178,7 @@ impl Process {
         self.health.set_service_status(self.service_name, ServingStatus::NotServing).await;
         let mut health = self.health.clone();
         health.clear_service_status(self.service_name).await;
+        health.clear_service_status(LIVENESS_SERVICE).await;
         health.clear_service_status("").await;
         tracing::info!(role = %self.role, "draining");
     }
@@ -230,6 +236,29 @@ mod tests {
         process.begin_drain().await;
         assert_eq!(process.state(), ProcessState::Draining);
         assert!(changes.has_changed().expect("sender alive"));
+    }
+
+    #[tokio::test]
+    async fn liveness_serves_from_start_while_readiness_waits_for_mark_serving() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_server::Health;
+        use tonic_health::server::HealthService;
+        let process = Process::new(setup(), Instant::now()).await;
+        let health = HealthService::from_health_reporter(process.health().clone());
+        let status = |service: &str| {
+            let request = tonic::Request::new(HealthCheckRequest { service: service.into() });
+            let health = &health;
+            async move { health.check(request).await.map(|r| r.into_inner().status) }
+        };
+        let (serving, not_serving) =
+            (ServingStatus::Serving as i32, ServingStatus::NotServing as i32);
+        assert_eq!(status(LIVENESS_SERVICE).await.expect("liveness"), serving);
+        assert_eq!(status("").await.expect("readiness"), not_serving);
+        process.mark_serving().await;
+        assert_eq!(status("").await.expect("readiness"), serving);
+        assert_eq!(status(LIVENESS_SERVICE).await.expect("liveness"), serving);
+        process.begin_drain().await;
+        assert!(status(LIVENESS_SERVICE).await.is_err(), "cleared on drain, ending Watch streams");
     }
 
     #[tokio::test]

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Renders each Kustomize overlay of deploy/k8s and validates what it renders.
+
+    scripts/validate-k8s.py deploy/k8s/overlays/cpu-8-nodes [...]
+    scripts/validate-k8s.py --rendered FILE      (an already rendered multi-document YAML)
+
+- Built-in objects: kubernetes-validate, strict (unknown fields are errors), Kubernetes 1.37.
+- JobSets: the JobSet CRD's openAPIV3Schema (a copy in ../shared/k8s/, or $JOBSET_CRD), with
+  unknown fields made errors the way the API server's strict field validation makes them.
+- The run's shape: the coordinator's --nodes equals the worker pods (replicas x parallelism of
+  every replicated job but the coordinator), and --learners/--actors/--tool-servers equal the
+  pods of those jobs; every pod's run config names the coordinator's JobSet DNS name.
+
+Prints one line per overlay; exits 1 naming the first problem of each that fails. kubectl comes
+from $KUBECTL or .tools/bin/kubectl (scripts/install-k8s-tools.sh puts it there).
+"""
+
+import copy
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+KUBERNETES_VERSION = "1.37.0"
+WORKER_ROLES = {"learner": "--learners", "actor": "--actors", "tool-server": "--tool-servers"}
+
+
+def kubectl():
+    return os.environ.get("KUBECTL") or str(ROOT / ".tools/bin/kubectl")
+
+
+def crd_path():
+    return Path(os.environ.get("JOBSET_CRD", ROOT.parent / "shared/k8s/jobset.x-k8s.io_jobsets.yaml"))
+
+
+def crd_schema():
+    """The CRD's schema made strict, or None when no copy of the CRD is at hand."""
+    path = crd_path()
+    if not path.is_file():
+        return None
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    version = next(v for v in docs[0]["spec"]["versions"] if v["name"] == "v1alpha2")
+    return strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+
+
+def strict(schema):
+    """Unknown fields become errors wherever the schema lists its fields."""
+    if isinstance(schema, dict):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        for value in schema.values():
+            strict(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            strict(value)
+    return schema
+
+
+def flag(args, name):
+    """The value after `name` in a container's args."""
+    if name not in args:
+        raise ValueError(f"the coordinator has no {name} flag")
+    return int(args[args.index(name) + 1])
+
+
+def check_shape(jobset, configs):
+    """The coordinator's role plan against the pods the JobSet makes."""
+    name = jobset["metadata"]["name"]
+    jobs = {j["name"]: j for j in jobset["spec"]["replicatedJobs"]}
+    pods = {
+        n: j.get("replicas", 1) * j["template"]["spec"].get("parallelism", 1) for n, j in jobs.items()
+    }
+    coordinator = jobs["coordinator"]["template"]["spec"]["template"]["spec"]["containers"][0]
+    args = coordinator.get("args", [])
+    nodes = flag(args, "--nodes")
+    workers = sum(count for role, count in pods.items() if role != "coordinator")
+    if nodes != workers:
+        raise ValueError(f"--nodes {nodes}, but the JobSet makes {workers} worker pods {pods}")
+    for role, option in WORKER_ROLES.items():
+        if flag(args, option) != pods.get(role, 0):
+            raise ValueError(f"{option} {flag(args, option)}, but {role} has {pods.get(role, 0)} pods")
+    subdomain = jobset["spec"].get("network", {}).get("subdomain", name)
+    want = f"{name}-coordinator-0-0.{subdomain}:"
+    for config_name, text in configs.items():
+        address = tomllib.loads(text).get("cluster", {}).get("coordinator_address", "")
+        if not address.startswith(want):
+            raise ValueError(f"ConfigMap {config_name}: coordinator_address {address!r} is not {want}<port>")
+    return nodes, pods
+
+
+def validate(label, text, schema):
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    kinds, jobsets, configs = [], [], {}
+    for doc in docs:
+        kind = doc.get("kind", "?")
+        where = f"{kind} {doc.get('metadata', {}).get('name', '?')}"
+        kinds.append(kind)
+        if doc.get("apiVersion", "").startswith("jobset.x-k8s.io/"):
+            validator = jsonschema.Draft7Validator(schema) if schema else None
+            errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path)) if validator else []
+            if errors:
+                path = "/".join(str(p) for p in errors[0].path)
+                raise ValueError(f"{where}: {path}: {errors[0].message}")
+            jobsets.append(doc)
+        else:
+            try:
+                kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = "/".join(str(p) for p in e.path)
+                raise ValueError(f"{where}: {path}: {e.message}") from None
+            if kind == "ConfigMap" and "run.toml" in doc.get("data", {}):
+                configs[doc["metadata"]["name"]] = doc["data"]["run.toml"]
+    if len(jobsets) != 1:
+        raise ValueError(f"expected one JobSet, found {len(jobsets)}")
+    if not configs:
+        raise ValueError("no ConfigMap holds a run.toml")
+    nodes, pods = check_shape(jobsets[0], configs)
+    plan = ", ".join(f"{pods.get(r, 0)} {r}" for r in WORKER_ROLES)
+    return f"{label}: {len(docs)} objects valid ({', '.join(sorted(set(kinds)))}); --nodes {nodes} = {plan}"
+
+
+def main(argv):
+    if not argv or argv == ["--rendered"]:
+        print(__doc__, file=sys.stderr)
+        return 2
+    schema = crd_schema()
+    if schema is None:
+        print(f"validate-k8s: NOTE: no JobSet CRD at {crd_path()}: JobSets are checked for their "
+              "shape only, not against the CRD's schema", file=sys.stderr)
+    if argv[0] == "--rendered":
+        targets = [(path, Path(path).read_text()) for path in argv[1:]]
+    else:
+        targets = []
+        for overlay in argv:
+            rendered = subprocess.run([kubectl(), "kustomize", overlay], capture_output=True, text=True)
+            if rendered.returncode != 0:
+                print(f"{overlay}: kubectl kustomize failed: {rendered.stderr.strip()}", file=sys.stderr)
+                return 1
+            targets.append((overlay, rendered.stdout))
+    failed = False
+    for label, text in targets:
+        try:
+            print(validate(label, text, schema))
+        except (ValueError, KeyError) as e:
+            print(f"{label}: INVALID: {e}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
