@@ -106,3 +106,24 @@ fn a_wrong_node_count_an_unknown_field_or_a_bad_value_is_refused() {
         assert!(stderr.contains("INVALID") && stderr.contains(want), "case {name}: {stderr}");
     }
 }
+
+#[test]
+fn every_run_config_in_deploy_loads() {
+    let mut configs = vec![workspace_root().join("deploy/k8s/base/run.toml")];
+    for overlay in overlays() {
+        let config = PathBuf::from(overlay).join("run.toml");
+        if config.is_file() {
+            configs.push(config);
+        }
+    }
+    for config in configs {
+        let out = paretopo_tests::run_to_end(
+            "coordinator",
+            &["config", "--config", &config.display().to_string()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", config.display());
+        let resolved = String::from_utf8_lossy(&out.stdout);
+        assert!(resolved.contains("collective_port = 7001"), "{resolved}");
+    }
+}
