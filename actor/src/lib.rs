@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use paretopo_proto::v1::actor_server::{Actor, ActorServer};
 use paretopo_proto::v1::{ActorStatus, GetStatusRequest, WatchStatusRequest};
 use paretopo_service::cli::Launch;
+use paretopo_service::metrics::{Sample, StatusMetrics};
 use paretopo_service::{Process, cluster, status};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
@@ -33,6 +34,43 @@ pub struct ActorService {
 }
 
 impl ActorService {
+    /// The status as Prometheus samples (`paretopo_actor_*`).
+    fn samples(&self) -> Vec<Sample> {
+        let s = self.snapshot();
+        vec![
+            Sample::gauge(
+                "paretopo_actor_policy_version",
+                "The policy version the actor samples with",
+                s.policy_version as f64,
+            ),
+            Sample::counter(
+                "paretopo_actor_episodes",
+                "Episodes (trajectories) generated",
+                s.episodes_total as f64,
+            ),
+            Sample::counter(
+                "paretopo_actor_groups_sent",
+                "Groups sent to the learner",
+                s.groups_sent as f64,
+            ),
+            Sample::counter(
+                "paretopo_actor_groups_acked",
+                "Groups the learner acknowledged",
+                s.groups_acked as f64,
+            ),
+            Sample::counter(
+                "paretopo_actor_tool_calls",
+                "Tool calls made",
+                s.tool_calls_total as f64,
+            ),
+            Sample::gauge(
+                "paretopo_actor_tokens_per_second",
+                "Tokens generated per second, recently",
+                s.tokens_per_second,
+            ),
+        ]
+    }
+
     fn snapshot(&self) -> ActorStatus {
         let c = &self.counters;
         ActorStatus {
@@ -76,7 +114,7 @@ impl Actor for ActorService {
 /// Serves the actor's status and does its work until shutdown. A failure of the work (a
 /// policy that does not fit the model, a task that cannot be loaded) stops the process with
 /// the error, so the coordinator sees it lost and a replacement can take its place.
-pub async fn run(launch: Launch) -> anyhow::Result<()> {
+pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
     let device = policy::device_from_setting(&launch.config.model.device)?;
     tracing::info!(device = %policy::device_name(device), "compute device");
     let counters = Arc::new(runtime::ActorCounters::default());
@@ -85,6 +123,11 @@ pub async fn run(launch: Launch) -> anyhow::Result<()> {
         device: policy::device_name(device),
         counters: counters.clone(),
     };
+    let view = service.clone();
+    launch
+        .metrics
+        .registry_mut()
+        .register_collector(Box::new(StatusMetrics::new(move || view.samples())));
     let process = launch.process.clone();
     let work =
         tokio::spawn(runtime::work(launch.config.clone(), process.clone(), counters, device));

@@ -35,6 +35,7 @@ use paretopo_proto::v1::{
     WatchStatusRequest, WatchWeightsRequest,
 };
 use paretopo_service::cli::Launch;
+use paretopo_service::metrics::{Sample, StatusMetrics};
 use paretopo_service::{Process, RunConfig, status};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -178,6 +179,94 @@ impl CoordinatorService {
             rendezvous_complete: state.membership.complete(),
             total_steps: self.total_steps,
         }
+    }
+
+    /// The status as Prometheus samples (`paretopo_coordinator_*`).
+    fn samples(&self) -> Vec<Sample> {
+        let s = self.snapshot();
+        let lost = s.nodes.iter().filter(|n| n.lost).count();
+        let mut samples = vec![
+            Sample::gauge(
+                "paretopo_coordinator_step",
+                "The newest learner step reported",
+                s.step as f64,
+            ),
+            Sample::gauge(
+                "paretopo_coordinator_total_steps",
+                "RL steps the run trains",
+                s.total_steps as f64,
+            ),
+            Sample::gauge(
+                "paretopo_coordinator_nodes_expected",
+                "Worker nodes the run waits for (--nodes)",
+                s.nodes_expected.into(),
+            ),
+            Sample::gauge(
+                "paretopo_coordinator_nodes_registered",
+                "Worker nodes registered and not lost",
+                s.nodes_registered.into(),
+            ),
+            Sample::gauge(
+                "paretopo_coordinator_nodes_lost",
+                "Worker nodes that missed their heartbeat deadline",
+                lost as f64,
+            ),
+            Sample::gauge(
+                "paretopo_coordinator_membership_epoch",
+                "Joins and losses so far",
+                s.membership_epoch as f64,
+            ),
+            Sample::gauge(
+                "paretopo_coordinator_rendezvous_complete",
+                "1 once every worker has registered",
+                f64::from(u8::from(s.rendezvous_complete)),
+            ),
+            Sample::gauge(
+                "paretopo_coordinator_trajectories_per_second",
+                "Trajectories trained per second over the last minute",
+                s.trajectories_per_second,
+            ),
+        ];
+        if let Some(w) = &s.weights {
+            samples.push(Sample::gauge(
+                "paretopo_coordinator_hypervolume",
+                "Hypervolume of the global Pareto archive",
+                w.hypervolume,
+            ));
+            samples.push(Sample::gauge(
+                "paretopo_coordinator_archive_size",
+                "Policy points in the global Pareto archive",
+                w.archive_size.into(),
+            ));
+            samples.push(Sample::gauge(
+                "paretopo_coordinator_stage",
+                "1 scalarization, 2 Pareto ranking",
+                if w.stage == Stage::ParetoRanking as i32 { 2.0 } else { 1.0 },
+            ));
+            for (objective, weight) in w.objectives.iter().zip(&w.weights) {
+                samples.push(Sample {
+                    labels: vec![("objective", objective.clone())],
+                    ..Sample::gauge(
+                        "paretopo_coordinator_weight",
+                        "The objective weights pushed to learners",
+                        *weight,
+                    )
+                });
+            }
+        }
+        if let Some(mean) = &s.latest_batch_mean {
+            for (objective, value) in self.objectives.iter().zip(&mean.values) {
+                samples.push(Sample {
+                    labels: vec![("objective", objective.clone())],
+                    ..Sample::gauge(
+                        "paretopo_coordinator_batch_objective",
+                        "The latest step's mean objective values",
+                        *value,
+                    )
+                });
+            }
+        }
+        samples
     }
 
     /// Marks silent nodes lost, every half heartbeat interval, until shutdown.
@@ -505,8 +594,13 @@ impl Coordinator for CoordinatorService {
 }
 
 /// Serves the coordinator until shutdown.
-pub async fn run(launch: Launch) -> anyhow::Result<()> {
+pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
     let service = CoordinatorService::new(launch.process.clone(), &launch.config)?;
+    let view = service.clone();
+    launch
+        .metrics
+        .registry_mut()
+        .register_collector(Box::new(StatusMetrics::new(move || view.samples())));
     tokio::spawn(service.clone().expire_loop());
     let deadline = Duration::from_millis(launch.config.cluster.rendezvous_timeout_ms);
     let rendezvous = tokio::spawn(service.clone().rendezvous_deadline(deadline));

@@ -30,6 +30,7 @@ use paretopo_proto::v1::{
     WatchStatusRequest, WeightChunk,
 };
 use paretopo_service::cli::Launch;
+use paretopo_service::metrics::{Sample, StatusMetrics};
 use paretopo_service::{Process, cluster, status};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -57,6 +58,55 @@ impl LearnerService {
         shared: Arc<Shared>,
     ) -> Self {
         LearnerService { process, device, total_steps, shared }
+    }
+
+    /// The status as Prometheus samples (`paretopo_learner_*`).
+    fn samples(&self) -> Vec<Sample> {
+        let s = self.snapshot();
+        vec![
+            Sample::gauge("paretopo_learner_step", "RL steps completed", s.step as f64),
+            Sample::gauge(
+                "paretopo_learner_total_steps",
+                "RL steps the run trains",
+                s.total_steps as f64,
+            ),
+            Sample::gauge(
+                "paretopo_learner_policy_version",
+                "The newest policy version published",
+                s.policy_version as f64,
+            ),
+            Sample::gauge("paretopo_learner_rank", "This learner's global rank", s.rank.into()),
+            Sample::gauge(
+                "paretopo_learner_world_size",
+                "Learner ranks in the collective",
+                s.world_size.into(),
+            ),
+            Sample::gauge(
+                "paretopo_learner_queued_groups",
+                "Groups waiting for a step",
+                s.queued_groups.into(),
+            ),
+            Sample::counter(
+                "paretopo_learner_groups_accepted",
+                "Groups accepted for training",
+                s.groups_accepted as f64,
+            ),
+            Sample::counter(
+                "paretopo_learner_groups_stale",
+                "Groups dropped as too old a policy",
+                s.groups_stale as f64,
+            ),
+            Sample::counter(
+                "paretopo_learner_groups_duplicate",
+                "Groups dropped as already received",
+                s.groups_duplicate as f64,
+            ),
+            Sample::counter(
+                "paretopo_learner_groups_invalid",
+                "Groups refused as malformed",
+                s.groups_invalid as f64,
+            ),
+        ]
     }
 
     fn snapshot(&self) -> LearnerStatus {
@@ -212,7 +262,7 @@ impl Learner for LearnerService {
 
 /// Serves the learner and trains until `total_steps` (then exits 0) or shutdown (then writes
 /// a checkpoint and exits 0). A training failure stops the process with the error.
-pub async fn run(launch: Launch) -> anyhow::Result<()> {
+pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
     let device = policy::device_from_setting(&launch.config.model.device)?;
     tracing::info!(device = %policy::device_name(device), "compute device");
     let (shared, queue) = Shared::new(&launch.config);
@@ -222,6 +272,11 @@ pub async fn run(launch: Launch) -> anyhow::Result<()> {
         launch.config.algorithm.total_steps,
         shared.clone(),
     );
+    let view = service.clone();
+    launch
+        .metrics
+        .registry_mut()
+        .register_collector(Box::new(StatusMetrics::new(move || view.samples())));
     let process = launch.process.clone();
     let work =
         tokio::spawn(runtime::work(launch.config.clone(), process.clone(), shared, queue, device));

@@ -74,6 +74,103 @@ impl Metrics {
     }
 }
 
+/// What kind of number a [`Sample`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Goes up and down (a step, a rate, a count of live nodes).
+    Gauge,
+    /// Only goes up; exported with `_total` appended to its name.
+    Counter,
+}
+
+/// One exported value of a role's status.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The metric name, starting with `paretopo_`.
+    pub name: &'static str,
+    /// Its help text.
+    pub help: &'static str,
+    /// Gauge or counter.
+    pub kind: Kind,
+    /// Its labels (empty for most).
+    pub labels: Vec<(&'static str, String)>,
+    /// The value now.
+    pub value: f64,
+}
+
+impl Sample {
+    /// An unlabelled gauge.
+    pub fn gauge(name: &'static str, help: &'static str, value: f64) -> Self {
+        Sample { name, help, kind: Kind::Gauge, labels: Vec::new(), value }
+    }
+
+    /// An unlabelled counter.
+    pub fn counter(name: &'static str, help: &'static str, value: f64) -> Self {
+        Sample { name, help, kind: Kind::Counter, labels: Vec::new(), value }
+    }
+}
+
+/// A collector that reads a role's status at every scrape, so the metrics and `GetStatus`
+/// never disagree: `read` returns the samples, grouped by name in the order given.
+pub struct StatusMetrics<F> {
+    read: F,
+}
+
+impl<F> StatusMetrics<F> {
+    /// A collector over `read`.
+    pub fn new(read: F) -> Self {
+        StatusMetrics { read }
+    }
+}
+
+impl<F> std::fmt::Debug for StatusMetrics<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatusMetrics")
+    }
+}
+
+impl<F> prometheus_client::collector::Collector for StatusMetrics<F>
+where
+    F: Fn() -> Vec<Sample> + Send + Sync + 'static,
+{
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::NoLabelSet;
+        use prometheus_client::metrics::MetricType;
+        let samples = (self.read)();
+        let mut names: Vec<&'static str> = Vec::new();
+        for sample in &samples {
+            if !names.contains(&sample.name) {
+                names.push(sample.name);
+            }
+        }
+        for name in names {
+            let family: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();
+            let (help, kind) = (family[0].help, family[0].kind);
+            let metric_type = match kind {
+                Kind::Gauge => MetricType::Gauge,
+                Kind::Counter => MetricType::Counter,
+            };
+            let mut descriptor = encoder.encode_descriptor(name, help, None, metric_type)?;
+            for sample in family {
+                let labels: Vec<(&str, &str)> =
+                    sample.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let labels = labels.as_slice();
+                let mut metric = descriptor.encode_family(&labels)?;
+                match kind {
+                    Kind::Gauge => metric.encode_gauge(&sample.value)?,
+                    Kind::Counter => {
+                        metric.encode_counter::<NoLabelSet, f64, u64>(&sample.value, None)?
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
@@ -111,5 +208,35 @@ mod tests {
         assert!(text.contains("paretopo_uptime_seconds "), "{text}");
         assert!(text.contains("paretopo_process_start_time_seconds 1700000000"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn status_metrics_read_the_status_at_every_scrape() {
+        let step = Arc::new(AtomicU64::new(3));
+        let reading = step.clone();
+        let mut metrics = Metrics::new(Role::Coordinator, Instant::now(), 0.0);
+        metrics.registry_mut().register_collector(Box::new(StatusMetrics::new(move || {
+            let weight = |objective: &str, value| Sample {
+                labels: vec![("objective", objective.to_owned())],
+                ..Sample::gauge("paretopo_weight", "A weight", value)
+            };
+            vec![
+                Sample::gauge(
+                    "paretopo_step",
+                    "The step",
+                    reading.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                ),
+                Sample::counter("paretopo_groups", "Groups", 7.0),
+                weight("accuracy", 0.25),
+                weight("tool_efficiency", 0.75),
+            ]
+        })));
+        let text = metrics.render().expect("render");
+        assert!(text.contains("# TYPE paretopo_step gauge\nparetopo_step 3.0\n"), "{text}");
+        assert!(text.contains("paretopo_groups_total 7.0"), "{text}");
+        assert!(text.contains("paretopo_weight{objective=\"accuracy\"} 0.25"), "{text}");
+        assert!(text.contains("paretopo_weight{objective=\"tool_efficiency\"} 0.75"), "{text}");
+        step.store(4, std::sync::atomic::Ordering::Relaxed);
+        assert!(metrics.render().expect("render").contains("paretopo_step 4.0"));
     }
 }
