@@ -42,7 +42,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
-use crate::membership::Membership;
+use crate::membership::{Membership, RegisterError};
 use crate::run_files::PlotAxes;
 use crate::steering::Steering;
 
@@ -433,9 +433,18 @@ impl Coordinator for CoordinatorService {
                     &request.hostname,
                     request.local_devices,
                     &request.previous_node_id,
+                    request.learner_index,
                     Instant::now(),
                 )
-                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+                .map_err(|e| match e {
+                    RegisterError::Full { .. } | RegisterError::RoleFull { .. } => {
+                        Status::resource_exhausted(e.to_string())
+                    }
+                    RegisterError::IndexBeyondPlan { .. } => {
+                        Status::invalid_argument(e.to_string())
+                    }
+                    RegisterError::RanksTaken { .. } => Status::already_exists(e.to_string()),
+                })?;
             if state.membership.is_rank_zero_learner(&id) {
                 state.nccl_unique_id = request.nccl_unique_id.clone();
                 state.collective_address = request.collective_address.clone();

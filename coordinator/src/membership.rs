@@ -68,6 +68,24 @@ pub enum RegisterError {
         /// `--nodes`.
         expected: u32,
     },
+    /// A learner index at or beyond the plan's learners.
+    #[error("learner_index: {index} is beyond the run's {planned} learners (indexes count from 0)")]
+    IndexBeyondPlan {
+        /// The index asked for.
+        index: u32,
+        /// The plan's learners.
+        planned: u32,
+    },
+    /// The learner's ranks overlap another live learner's.
+    #[error("learner_index: ranks {first}..{end} overlap those of {other}")]
+    RanksTaken {
+        /// The first rank asked for.
+        first: u32,
+        /// One past the last.
+        end: u32,
+        /// The node holding them.
+        other: String,
+    },
     /// The role plan has no free place for this role.
     #[error("role: the run plans {planned} {}, all registered and none lost", role_name(*role, *planned))]
     RoleFull {
@@ -176,6 +194,11 @@ impl Membership {
 
     /// Registers a worker and returns its node id. A worker that names its previous id gets its
     /// own slot back; otherwise a new one takes the first lost slot of its role, or a free place.
+    ///
+    /// A learner that names its `learner_index` i (a Kubernetes completion index) is
+    /// `learner-<i>` with first rank i x `local_devices`, and always takes that slot: a pod
+    /// restarted with the same index replaces the old one even before it is marked lost.
+    #[allow(clippy::too_many_arguments)]
     pub fn register(
         &mut self,
         role: Role,
@@ -183,13 +206,28 @@ impl Membership {
         hostname: &str,
         local_devices: u32,
         previous_id: &str,
+        learner_index: Option<u32>,
         now: Instant,
     ) -> Result<String, RegisterError> {
-        let slot = self
-            .nodes
-            .iter()
-            .position(|n| !previous_id.is_empty() && n.id == previous_id && n.role == role)
-            .or_else(|| self.nodes.iter().position(|n| n.lost && n.role == role));
+        let indexed = match (role, learner_index) {
+            (Role::Learner, Some(index)) => {
+                if let Some(plan) = self.plan
+                    && index >= plan.learners
+                {
+                    return Err(RegisterError::IndexBeyondPlan { index, planned: plan.learners });
+                }
+                Some((format!("learner-{index}"), index * local_devices.max(1)))
+            }
+            _ => None,
+        };
+        let slot = match &indexed {
+            Some((id, _)) => self.nodes.iter().position(|n| &n.id == id),
+            None => self
+                .nodes
+                .iter()
+                .position(|n| !previous_id.is_empty() && n.id == previous_id && n.role == role)
+                .or_else(|| self.nodes.iter().position(|n| n.lost && n.role == role)),
+        };
         let fresh = |id: String, first_rank: u32| Node {
             id,
             role,
@@ -209,7 +247,11 @@ impl Membership {
             Some(i) => {
                 // The replacement keeps the slot's rank so its peers' views stay valid.
                 let (old_id, first_rank) = (self.nodes[i].id.clone(), self.nodes[i].first_rank);
-                let id = if old_id == previous_id { old_id } else { self.new_id(role) };
+                let id = if old_id == previous_id || indexed.is_some() {
+                    old_id
+                } else {
+                    self.new_id(role)
+                };
                 let node = fresh(id.clone(), first_rank);
                 self.nodes[i] = node;
                 id
@@ -224,13 +266,34 @@ impl Membership {
                 {
                     return Err(RegisterError::RoleFull { role, planned });
                 }
-                let first_rank = self
-                    .nodes
-                    .iter()
-                    .filter(|n| n.role == Role::Learner)
-                    .map(|n| n.local_devices)
-                    .sum();
-                let id = self.new_id(role);
+                let (id, first_rank) = match indexed {
+                    Some((id, first_rank)) => (id, first_rank),
+                    None => {
+                        let first_rank = self
+                            .nodes
+                            .iter()
+                            .filter(|n| n.role == Role::Learner)
+                            .map(|n| n.local_devices)
+                            .sum();
+                        (self.new_id(role), first_rank)
+                    }
+                };
+                if role == Role::Learner {
+                    let end = first_rank + local_devices.max(1);
+                    let overlap = self.nodes.iter().find(|n| {
+                        n.role == Role::Learner
+                            && !n.lost
+                            && n.first_rank < end
+                            && first_rank < n.first_rank + n.local_devices
+                    });
+                    if let Some(other) = overlap {
+                        return Err(RegisterError::RanksTaken {
+                            first: first_rank,
+                            end,
+                            other: other.id.clone(),
+                        });
+                    }
+                }
                 self.nodes.push(fresh(id.clone(), first_rank));
                 id
             }
@@ -243,16 +306,21 @@ impl Membership {
     }
 
     fn new_id(&mut self, role: Role) -> String {
-        let index = &mut self.next_index[role as usize];
         let name = match role {
             Role::Learner => "learner",
             Role::Actor => "actor",
             Role::ToolServer => "tool-server",
             Role::Coordinator | Role::Unspecified => "node",
         };
-        let id = format!("{name}-{index}");
-        *index += 1;
-        id
+        // Skip ids that indexed learners already hold.
+        loop {
+            let index = &mut self.next_index[role as usize];
+            let id = format!("{name}-{index}");
+            *index += 1;
+            if !self.nodes.iter().any(|n| n.id == id) {
+                return id;
+            }
+        }
     }
 
     /// Records a heartbeat; false when the node is unknown or was lost (it must register again).
@@ -367,7 +435,7 @@ mod tests {
     use super::*;
 
     fn join(m: &mut Membership, role: Role, addr: &str, now: Instant) -> String {
-        m.register(role, addr, "host", 0, "", now).expect("register")
+        m.register(role, addr, "host", 0, "", None, now).expect("register")
     }
 
     #[test]
@@ -375,7 +443,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Membership::new(4, Duration::from_secs(5));
         let a = join(&mut m, Role::Actor, "a:1", t0);
-        let l0 = m.register(Role::Learner, "l:1", "h", 2, "", t0).expect("l0");
+        let l0 = m.register(Role::Learner, "l:1", "h", 2, "", None, t0).expect("l0");
         assert!(!m.complete());
         let l1 = join(&mut m, Role::Learner, "l:2", t0);
         let _t = join(&mut m, Role::ToolServer, "t:1", t0);
@@ -386,7 +454,7 @@ mod tests {
         assert_eq!(view.learners.iter().map(|p| p.node_id.clone()).collect::<Vec<_>>(), [l0, l1]);
         assert_eq!(m.rendezvous(&a, b"").actors.len(), 1);
         assert_eq!(m.rendezvous(&a, b"").tool_servers[0].address, "t:1");
-        let err = m.register(Role::Actor, "a:2", "h", 0, "", t0).expect_err("full");
+        let err = m.register(Role::Actor, "a:2", "h", 0, "", None, t0).expect_err("full");
         assert_eq!(err, RegisterError::Full { expected: 4 });
     }
 
@@ -413,7 +481,7 @@ mod tests {
         assert!(m.epoch() > epoch);
         assert_eq!(m.nodes().len(), 2);
         assert_eq!(m.rendezvous(&l, b"").actors[0].address, "a:9");
-        assert!(m.register(Role::Learner, "l:2", "h", 0, "", t2).is_err());
+        assert!(m.register(Role::Learner, "l:2", "h", 0, "", None, t2).is_err());
         // Progress rate from two heartbeats: 10 -> 30 over 2 s.
         assert!(m.heartbeat(&l, ProcessState::Serving, 30, 4, "", t2 + Duration::from_secs(0)));
         let rate = m.statuses(t2).iter().find(|s| s.node_id == l).map(|s| s.progress_per_second);
@@ -427,7 +495,8 @@ mod tests {
         let mut m = Membership::new(4, Duration::from_secs(5)).with_plan(Some(plan));
         assert_eq!(m.missing(), "2 learners, 1 actor, 1 tool-server");
         join(&mut m, Role::Actor, "a:1", t0);
-        let err = m.register(Role::Actor, "a:2", "h", 0, "", t0).expect_err("one actor planned");
+        let err =
+            m.register(Role::Actor, "a:2", "h", 0, "", None, t0).expect_err("one actor planned");
         assert_eq!(err, RegisterError::RoleFull { role: Role::Actor, planned: 1 });
         assert!(err.to_string().contains("plans 1 actor,"), "{err}");
         join(&mut m, Role::Learner, "l:1", t0);
@@ -443,11 +512,46 @@ mod tests {
     }
 
     #[test]
+    fn indexed_learners_rank_by_index_and_a_restarted_index_takes_its_slot() {
+        let t0 = Instant::now();
+        let plan = RolePlan { learners: 2, actors: 1, tool_servers: 0 };
+        let mut m = Membership::new(3, Duration::from_secs(5)).with_plan(Some(plan));
+        // Index 1 registers first, with 2 GPUs: ranks 2..4; index 0 then gets ranks 0..2.
+        let one = m.register(Role::Learner, "l1:1", "h", 2, "", Some(1), t0).expect("index 1");
+        let zero = m.register(Role::Learner, "l0:1", "h", 2, "", Some(0), t0).expect("index 0");
+        assert_eq!((one.as_str(), zero.as_str()), ("learner-1", "learner-0"));
+        assert_eq!(m.rendezvous(&one, b"").first_rank, 2);
+        assert_eq!(m.rendezvous(&zero, b"").first_rank, 0);
+        assert!(m.is_rank_zero_learner(&zero));
+        let err = m.register(Role::Learner, "l:9", "h", 1, "", Some(2), t0).expect_err("beyond");
+        assert_eq!(err, RegisterError::IndexBeyondPlan { index: 2, planned: 2 });
+        // A pod restarted with index 1 takes learner-1's slot at once, with its new address.
+        let again = m.register(Role::Learner, "l1:2", "h", 2, "", Some(1), t0).expect("restart");
+        assert_eq!(again, "learner-1");
+        assert_eq!(m.nodes().len(), 2);
+        assert_eq!(m.rendezvous(&zero, b"").learners[1].address, "l1:2");
+        // An actor's id never collides with the learners' ids.
+        let actor = m.register(Role::Actor, "a:1", "h", 0, "", Some(7), t0).expect("actor");
+        assert_eq!(actor, "actor-0", "a learner index means nothing for an actor");
+    }
+
+    #[test]
+    fn an_unindexed_learner_cannot_take_an_indexed_learners_ranks() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(3, Duration::from_secs(5));
+        m.register(Role::Learner, "l1:1", "h", 1, "", Some(1), t0).expect("index 1");
+        // Registration order would give the unindexed one rank 1, which index 1 holds.
+        let err = m.register(Role::Learner, "l0:1", "h", 1, "", None, t0).expect_err("overlap");
+        assert_eq!(err, RegisterError::RanksTaken { first: 1, end: 2, other: "learner-1".into() });
+        assert_eq!(m.nodes().len(), 1, "nothing stored");
+    }
+
+    #[test]
     fn a_restarted_worker_naming_its_id_gets_its_slot_back() {
         let t0 = Instant::now();
         let mut m = Membership::new(1, Duration::from_secs(5));
         let l = join(&mut m, Role::Learner, "l:1", t0);
-        let again = m.register(Role::Learner, "l:7", "h", 0, &l, t0).expect("rejoin");
+        let again = m.register(Role::Learner, "l:7", "h", 0, &l, None, t0).expect("rejoin");
         assert_eq!(again, l);
         assert_eq!(m.rendezvous(&l, b"id").learners[0].address, "l:7");
         assert_eq!(m.rendezvous(&l, b"id").nccl_unique_id, b"id");

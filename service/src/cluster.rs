@@ -42,6 +42,8 @@ pub struct Member {
     pub node_id: String,
     /// The heartbeat interval the coordinator asked for.
     pub heartbeat_interval: Duration,
+    /// The learner index it registered with, to register again with the same one.
+    learner_index: Option<u32>,
 }
 
 /// The process shut down while waiting to join the run: a clean stop, not a failure (callers
@@ -119,6 +121,11 @@ pub async fn register(
         previous_node_id: String::new(),
         nccl_unique_id,
         collective_address,
+        learner_index: if process.role() == crate::Role::Learner {
+            config.learner.index
+        } else {
+            None
+        },
     };
     let mut backoff = Backoff::default();
     loop {
@@ -138,6 +145,7 @@ pub async fn register(
                     heartbeat_interval: Duration::from_millis(
                         reply.heartbeat_interval_ms.max(100).into(),
                     ),
+                    learner_index: request.learner_index,
                 });
             }
             // An unreachable coordinator is worth waiting for, and so is a full run: a
@@ -224,6 +232,7 @@ impl Member {
             hostname: process.info().hostname,
             run_name: process.info().run_name,
             previous_node_id: self.node_id.clone(),
+            learner_index: self.learner_index,
             ..Default::default()
         };
         match self.client.register(request).await {

@@ -573,6 +573,10 @@ pub struct LearnerSection {
     /// The port actors fetch weights from over plain TCP (`cluster.weights_transport = "tcp"`),
     /// on the host of `listen`; 0 picks a free port.
     pub weights_port: u16,
+    /// This learner's index, when the deployment numbers its learners (in Kubernetes:
+    /// `--set learner.index=$(JOB_COMPLETION_INDEX)`): its node id is `learner-<index>` and its
+    /// first global rank `index` x its GPUs. Unset: ranks follow registration order.
+    pub index: Option<u32>,
 }
 
 impl Default for LearnerSection {
@@ -585,6 +589,7 @@ impl Default for LearnerSection {
             drain_timeout_ms: role.drain_timeout_ms,
             collective_port: 0,
             weights_port: 0,
+            index: None,
         }
     }
 }

@@ -295,7 +295,12 @@ async fn start_cluster(hosts: &mut Hosts, steps: u64, latency: Option<Duration>)
         .chain(ACTORS.iter().map(|h| (*h, "actor")))
         .chain([(TOOL_SERVER, "tool-server")]);
     for (host, name) in workers {
-        hosts.start(host, name, latency, std::slice::from_ref(&total));
+        let mut extra = vec![total.clone()];
+        if let Some(index) = LEARNERS.iter().position(|h| *h == host) {
+            // Numbered as a Kubernetes Indexed Job numbers them: host 1 is rank 0.
+            extra.push(format!("learner.index={index}"));
+        }
+        hosts.start(host, name, latency, &extra);
     }
     wait_until(hosts, "all 8 workers registered", Duration::from_secs(90), || async {
         coordinator_status().await.is_some_and(|s| s.rendezvous_complete)
@@ -318,11 +323,14 @@ async fn check_registrations(hosts: &Hosts) {
             panic!("no node advertises host {host}: {status:?}\n{}", hosts.logs())
         });
         assert_eq!(node.role, role as i32, "{node:?}");
+        if let Some(index) = LEARNERS.iter().position(|h| *h == host) {
+            assert_eq!(node.node_id, format!("learner-{index}"), "{node:?}");
+        }
         assert_eq!(node.address, format!("{}:{PORT}", address(host)), "{node:?}");
     }
 }
 
-/// Learner ranks: (host of rank 0, host of rank 1).
+/// Learner ranks: (host of rank 0, host of rank 1); they follow `learner.index`.
 async fn learner_ranks(hosts: &Hosts) -> (usize, usize) {
     let rank = AtomicU64::new(u64::MAX);
     let rank = &rank;
@@ -331,6 +339,7 @@ async fn learner_ranks(hosts: &Hosts) -> (usize, usize) {
         status.inspect(|s| rank.store(s.rank.into(), Ordering::Relaxed)).is_some()
     })
     .await;
+    assert_eq!(rank.load(Ordering::Relaxed), 0, "learner.index 0 (host {}) is rank 0", LEARNERS[0]);
     if rank.load(Ordering::Relaxed) == 0 {
         (LEARNERS[0], LEARNERS[1])
     } else {
