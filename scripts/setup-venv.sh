@@ -6,6 +6,7 @@
 #   - `.venv/libtorch`, a link to the wheel's `torch/` that the build uses as LIBTORCH;
 #   - `libnccl.so` in torch's lib/, a link to the wheel's NCCL, because cudarc's loader never
 #     looks for `libnccl.so.2` (DESIGN.md §9).
+# `--build-only` stops after torch and the links (the container image's build needs no more).
 # Idempotent: a complete `.venv` is left alone, so it costs nothing after the first run.
 # Uses the venv's own pip, never the system one (DESIGN.md §10).
 set -euo pipefail
@@ -36,7 +37,7 @@ fi
 requirements="$root/scripts/requirements-test.txt"
 stamp="$venv/.requirements-test.sha256"
 wanted=$(sha256sum "$requirements" | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+if [ "${1:-}" != "--build-only" ] && [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "setup-venv: installing the Python test clients and transformers" >&2
     pip install --quiet -r "$requirements"
     echo "$wanted" > "$stamp"
