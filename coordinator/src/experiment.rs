@@ -85,6 +85,11 @@ pub struct ShardRecord {
     pub wall_s: f64,
     /// When it finished (Unix seconds).
     pub finished_at: f64,
+    /// Method shards: the `finished_at` of the seed's warm start they started from. A warm start
+    /// is not bitwise reproducible across sittings, so a method shard counts as finished only
+    /// while that warm start is the one in place. Absent in records written before this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_start: Option<f64>,
 }
 
 impl Shard {
@@ -121,6 +126,12 @@ pub fn shard_dir(experiment_dir: &Path, method: &str, seed: u64) -> PathBuf {
 /// after its last step.
 pub fn is_finished(dir: &Path) -> bool {
     dir.join("shard.json").is_file()
+}
+
+/// The record of a finished shard, if it has one that reads.
+pub fn read_record(dir: &Path) -> Option<ShardRecord> {
+    let text = std::fs::read_to_string(dir.join("shard.json")).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// Reads an experiment file: `[experiment]` and the run config around it.
@@ -257,25 +268,35 @@ fn warm_checkpoint(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(checkpoint)
 }
 
-/// The shards of `shards` that need running: unfinished method shards, and a seed's warm start
-/// when it has not finished or when its checkpoint is missing (results are committed,
-/// checkpoints are not) and one of the seed's method shards still needs it.
+/// The shards of `shards` that need running:
+/// - a seed's warm start when it has not finished, or when its checkpoint is missing (results
+///   are committed, checkpoints are not) and one of the seed's method shards is unfinished;
+/// - a method shard that has not finished, or finished from another warm start than the one in
+///   place, or whose seed's warm start runs again: a warm start is not bitwise reproducible,
+///   and every method of a seed must start from the same one.
 fn pending<'a>(experiment_dir: &Path, shards: &'a [Shard]) -> Vec<&'a Shard> {
-    let method_pending = |seed: u64| {
+    let warm_dir = |seed: u64| Shard::WarmStart { seed }.dir(experiment_dir);
+    let method_done = |dir: &Path, seed: u64| {
+        let warm = read_record(&warm_dir(seed)).map(|r| r.finished_at);
+        is_finished(dir)
+            && read_record(dir).is_none_or(|r| r.warm_start.is_none() || r.warm_start == warm)
+    };
+    let method_unfinished = |seed: u64| {
         shards.iter().any(|s| {
             matches!(s, Shard::Method { seed: t, .. } if *t == seed)
-                && !is_finished(&s.dir(experiment_dir))
+                && !method_done(&s.dir(experiment_dir), seed)
         })
+    };
+    let warm_pending = |seed: u64| {
+        let dir = warm_dir(seed);
+        !is_finished(&dir) || (warm_checkpoint(&dir).is_err() && method_unfinished(seed))
     };
     shards
         .iter()
-        .filter(|shard| {
-            let dir = shard.dir(experiment_dir);
-            match shard {
-                Shard::WarmStart { seed } => {
-                    !is_finished(&dir) || (warm_checkpoint(&dir).is_err() && method_pending(*seed))
-                }
-                Shard::Method { .. } => !is_finished(&dir),
+        .filter(|shard| match shard {
+            Shard::WarmStart { seed } => warm_pending(*seed),
+            Shard::Method { seed, .. } => {
+                !method_done(&shard.dir(experiment_dir), *seed) || warm_pending(*seed)
             }
         })
         .collect()
@@ -343,6 +364,12 @@ pub async fn run(
             complete = false;
             break;
         }
+        let warm_start = match shard {
+            Shard::WarmStart { .. } => None,
+            Shard::Method { seed, .. } => {
+                read_record(&Shard::WarmStart { seed: *seed }.dir(dir)).map(|r| r.finished_at)
+            }
+        };
         let record = ShardRecord {
             method: shard.method().to_owned(),
             seed: shard.seed(),
@@ -351,6 +378,7 @@ pub async fn run(
             finished_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
+            warm_start,
         };
         let text = serde_json::to_string_pretty(&record)?;
         crate::run_files::write_atomically(&shard_dir.join("shard.json"), &text)
@@ -424,9 +452,47 @@ mod tests {
         std::fs::remove_file(unfinished.dir(root.path()).join("shard.json")).expect("rm");
         assert_eq!(
             pending(root.path(), &shards),
-            vec![&Shard::WarmStart { seed: 1 }, &unfinished],
-            "seed 1's warm start has no checkpoint here"
+            vec![
+                &Shard::WarmStart { seed: 1 },
+                &unfinished,
+                &Shard::Method { method: "static:0.7".into(), seed: 1 }
+            ],
+            "seed 1's warm start has no checkpoint here, so all of seed 1 runs again"
         );
+    }
+
+    /// A method shard that started from an earlier warm start than the one in place is stale.
+    #[test]
+    fn a_method_shard_from_another_warm_start_runs_again() {
+        let root = tempfile::tempdir().expect("dir");
+        let section = ExperimentSection { seeds: vec![0], ..section() };
+        let shards = plan(&section, &[]).expect("plan");
+        let record = |method: &str, finished_at: f64, warm_start: Option<f64>| ShardRecord {
+            method: method.into(),
+            seed: 0,
+            commit: "c".into(),
+            wall_s: 1.0,
+            finished_at,
+            warm_start,
+        };
+        let write = |shard: &Shard, record: ShardRecord| {
+            let dir = shard.dir(root.path());
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            let text = serde_json::to_string(&record).expect("json");
+            std::fs::write(dir.join("shard.json"), text).expect("write");
+        };
+        let warm = &shards[0];
+        write(warm, record("warm_start", 20.0, None));
+        // A checkpoint in place, so the warm start itself need not run.
+        let checkpoints = warm.dir(root.path()).join("checkpoints");
+        std::fs::create_dir_all(checkpoints.join("step-0")).expect("mkdir");
+        std::fs::write(checkpoints.join("latest"), "step-0").expect("latest");
+        write(&shards[1], record("paretopo", 30.0, Some(20.0)));
+        write(&shards[2], record("static:0.7", 25.0, Some(10.0)));
+        assert_eq!(pending(root.path(), &shards), vec![&shards[2]], "static:0.7 is stale");
+        // Records written before the field existed are taken as they are.
+        write(&shards[2], record("static:0.7", 25.0, None));
+        assert!(pending(root.path(), &shards).is_empty());
     }
 
     #[test]
