@@ -91,7 +91,12 @@ for i in 0 1 2 3 4; do start "actor-$i" actor; done
 wait_for 120 "all 8 registered" bash -c "[ \"\$(docker logs paretopo-coordinator 2>&1 | grep -c ' registered ')\" -ge 8 ]"
 step_at() { [ "$(metric paretopo_coordinator_step)" -ge "$1" ] 2>/dev/null; }
 wait_for 300 "step 5" step_at 5
-echo "run-containers: 8 workers registered by container name; step $(metric paretopo_coordinator_step) of $steps"
+by_name=$(docker logs paretopo-coordinator 2>&1 | grep ' registered ' | grep -c 'address=paretopo-')
+if [ "$by_name" -lt 8 ]; then
+    echo "run-containers: only $by_name of 8 workers advertised their container name" >&2
+    exit 1
+fi
+echo "run-containers: $by_name workers registered, each advertising its container name; step $(metric paretopo_coordinator_step) of $steps"
 
 docker stop -t 2 paretopo-actor-0 >/dev/null
 docker network disconnect "$net" paretopo-actor-1
@@ -108,6 +113,10 @@ code=$(docker inspect -f '{{.State.ExitCode}}' paretopo-learner-0)
 final=$(metric paretopo_coordinator_step)
 seconds=$(( $(date +%s) - began ))
 echo "run-containers: learner-0 exited $code at step $final of $steps (step $at_fault at the faults), ${seconds} s in all"
-docker logs paretopo-learner-0 2>&1 | grep -E '"final parameters"|final parameters' | tail -1 || true
-docker logs paretopo-learner-1 2>&1 | grep -E '"final parameters"|final parameters' | tail -1 || true
-[ "$code" = 0 ] && [ "$final" = "$steps" ]
+digests=$(for i in 0 1; do
+    docker logs "paretopo-learner-$i" 2>&1 | grep 'final parameters' | grep -o 'digest=[0-9a-f]*'
+done | sort -u)
+echo "run-containers: final parameters of both learner ranks: $(echo "$digests" | tr '\n' ' ')"
+image_size=$(docker image inspect -f '{{.Size}}' "$image")
+echo "run-containers: image $image is $((image_size / 1000000)) MB"
+[ "$code" = 0 ] && [ "$final" = "$steps" ] && [ "$(echo "$digests" | wc -l)" = 1 ]
