@@ -382,6 +382,21 @@ fn check_same_parameters(hosts: &Hosts, steps: u64) {
     assert_eq!(digests[0], digests[1], "the ranks' parameters differ after some step");
 }
 
+/// Waits for both learners to finish `steps` cleanly; then both ranks logged the same
+/// parameters after every step and rank 0 one metrics line per step.
+fn finish_run(hosts: &mut Hosts, steps: u64, timeout: Duration) {
+    for host in LEARNERS {
+        let exit = hosts.wait_exit(host, "learner", timeout);
+        assert!(
+            exit.is_some_and(|e| e.success()),
+            "learner on host {host}: {exit:?}\n{}",
+            hosts.logs()
+        );
+    }
+    check_same_parameters(hosts, steps);
+    assert_eq!(metrics_steps(&hosts.run_dir()), (1..=steps).collect::<Vec<_>>());
+}
+
 fn metrics_steps(run_dir: &Path) -> Vec<u64> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap_or_default()
@@ -445,16 +460,7 @@ async fn nine_hosts_train_and_an_actor_whose_link_drops_is_lost_then_rejoins() {
     // Every actor, the rejoined one included, follows the learners to their newest policy.
     let newest = wait_actors_on_newest(&hosts, rank0, 1).await;
 
-    for host in LEARNERS {
-        let exit = hosts.wait_exit(host, "learner", Duration::from_secs(300));
-        assert!(
-            exit.is_some_and(|e| e.success()),
-            "learner on host {host}: {exit:?}\n{}",
-            hosts.logs()
-        );
-    }
-    check_same_parameters(&hosts, steps);
-    assert_eq!(metrics_steps(&hosts.run_dir()), (1..=steps).collect::<Vec<_>>());
+    finish_run(&mut hosts, steps, Duration::from_secs(300));
     let status = coordinator_status().await.expect("status");
     assert_eq!(status.step, steps);
     let mut trajectories = 0;
@@ -499,16 +505,7 @@ async fn nine_hosts_complete_a_run_with_20_ms_latency_and_1_percent_loss_everywh
     assert!(round_trip >= Duration::from_millis(40), "round trip {round_trip:?}");
     let (rank0, _) = learner_ranks(&hosts).await;
     let newest = wait_actors_on_newest(&hosts, rank0, 2).await;
-    for host in LEARNERS {
-        let exit = hosts.wait_exit(host, "learner", Duration::from_secs(600));
-        assert!(
-            exit.is_some_and(|e| e.success()),
-            "learner on host {host}: {exit:?}\n{}",
-            hosts.logs()
-        );
-    }
-    check_same_parameters(&hosts, steps);
-    assert_eq!(metrics_steps(&hosts.run_dir()), (1..=steps).collect::<Vec<_>>());
+    finish_run(&mut hosts, steps, Duration::from_secs(600));
     let mut trajectories = 0;
     for host in ACTORS {
         trajectories += actor_status(host).await.map_or(0, |s| s.episodes_total);
