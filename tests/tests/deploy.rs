@@ -127,3 +127,23 @@ fn every_run_config_in_deploy_loads() {
         assert!(resolved.contains("collective_port = 7001"), "{resolved}");
     }
 }
+
+#[test]
+fn the_kueue_component_labels_the_jobset_with_its_queue() {
+    // Kustomize wants relative paths: an overlay of the overlay, two levels below the root.
+    let dir = tempfile::tempdir_in(workspace_root().join("target")).expect("dir");
+    let kustomization = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+                         resources:\n  - ../../deploy/k8s/overlays/cpu-8-nodes\n\
+                         components:\n  - ../../deploy/k8s/components/kueue\n";
+    std::fs::write(dir.path().join("kustomization.yaml"), kustomization).expect("write");
+    let out = validate(&[dir.path().display().to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("--nodes 8"), "{stdout}");
+    let rendered = Command::new(kubectl())
+        .args(["kustomize", &dir.path().display().to_string()])
+        .output()
+        .expect("kubectl kustomize");
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(text.contains("kueue.x-k8s.io/queue-name: paretopo"), "{text}");
+}
