@@ -458,9 +458,9 @@ impl Trainer {
         let run_dir = self.config.run.dir.clone();
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("key `run.dir`: creating {}", run_dir.display()))?;
-        let mut state = match checkpoint::latest(&run_dir)? {
-            Some(dir) => {
-                let state = checkpoint::load(&dir, &model, &mut optimizer)?;
+        let keep = self.config.algorithm.keep_checkpoints as usize;
+        let mut state = match checkpoint::load_latest(&run_dir, &model, &mut optimizer)? {
+            Some((dir, state)) => {
                 tracing::info!(
                     dir = %dir.display(),
                     step = state.step,
@@ -527,7 +527,8 @@ impl Trainer {
                     if self.rank != 0 {
                         bail!("lost learner {peer} at step {}: {e:#}", state.step + 1);
                     }
-                    let dir = checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state)?;
+                    let dir =
+                        checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state, keep)?;
                     bail!(
                         "lost learner {peer} at step {}: {e:#}; the run stops here, and \
                          {} (step {}) resumes it",
@@ -553,8 +554,23 @@ impl Trainer {
             }
             if step % self.config.algorithm.checkpoint_every == 0 && step < total && self.rank == 0
             {
-                let dir = checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state)?;
-                tracing::info!(step, dir = %dir.display(), digest = %parameter_digest(&model), "checkpoint written");
+                match checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state, keep) {
+                    Ok(dir) => {
+                        tracing::info!(step, dir = %dir.display(), digest = %parameter_digest(&model), "checkpoint written")
+                    }
+                    // The previous checkpoint is intact; `algorithm.on_checkpoint_error` says
+                    // whether to train on without this one.
+                    Err(e) if self.config.algorithm.on_checkpoint_error == "continue" => {
+                        tracing::error!(step, error = %e, "checkpoint not written; training goes on")
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "step {step}: the checkpoint could not be written, so the run stops \
+                             (the previous checkpoint is intact; `algorithm.on_checkpoint_error` \
+                             = \"continue\" trains on)"
+                        )));
+                    }
+                }
             }
             self.process.notify_status_changed();
         }
@@ -562,7 +578,7 @@ impl Trainer {
         // Ranks that stepped together hold the same bits; the digest lets anyone check that.
         tracing::info!(step = state.step, rank = self.rank, digest = %parameter_digest(&model), "final parameters");
         if self.rank == 0 {
-            let dir = checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state)?;
+            let dir = checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state, keep)?;
             tracing::info!(
                 step = state.step,
                 dir = %dir.display(),

@@ -371,6 +371,11 @@ pub struct AlgorithmSection {
     pub warm_start_lr: f64,
     /// Write a checkpoint every this many learner steps (and always at the end and on stop).
     pub checkpoint_every: u64,
+    /// Checkpoints kept: older `step-<n>` directories are removed once a newer one is complete.
+    pub keep_checkpoints: u32,
+    /// When a periodic checkpoint cannot be written (a full disk): `stop` ends the run with the
+    /// error, `continue` logs it and trains on. The previous checkpoint stays intact either way.
+    pub on_checkpoint_error: String,
     /// Share of the task's questions held out for evaluation.
     pub eval_fraction: f64,
     /// Held-out questions evaluated before RL and at the end (0 = no evaluation).
@@ -416,6 +421,8 @@ impl Default for AlgorithmSection {
             warm_start_batch: 32,
             warm_start_lr: 3e-3,
             checkpoint_every: 50,
+            keep_checkpoints: 3,
+            on_checkpoint_error: "stop".into(),
             eval_fraction: 0.1,
             eval_questions: 200,
             eval_split: "test".into(),
@@ -434,10 +441,17 @@ impl AlgorithmSection {
             ("token_budget", u64::from(self.token_budget)),
             ("archive_cap", u64::from(self.archive_cap)),
             ("checkpoint_every", self.checkpoint_every),
+            ("keep_checkpoints", self.keep_checkpoints.into()),
             ("warm_start_batch", u64::from(self.warm_start_batch)),
         ];
         if let Some((key, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
             return Err((key, "must be at least 1".into()));
+        }
+        if !matches!(self.on_checkpoint_error.as_str(), "stop" | "continue") {
+            return Err((
+                "on_checkpoint_error",
+                format!("expected `stop` or `continue`, got {:?}", self.on_checkpoint_error),
+            ));
         }
         let positive = [
             ("learning_rate", self.learning_rate),
