@@ -98,7 +98,9 @@ impl CoordinatorService {
         };
         let timeout = Duration::from_millis(config.cluster.heartbeat_timeout_ms.into());
         let saved = read_saved(&config.run.dir)?;
-        let (steering, mean_path, sequence, computed_at_step) = match saved {
+        let fresh = Membership::new(config.cluster.nodes, timeout);
+        let (steering, mean_path, sequence, computed_at_step, membership, collective) = match saved
+        {
             Some(saved) => {
                 tracing::info!(
                     step = saved.steering.last_step,
@@ -107,16 +109,34 @@ impl CoordinatorService {
                 let steering =
                     Steering::restore(&config.algorithm, objectives.len(), saved.steering)
                         .map_err(|e| anyhow::anyhow!("{}: {e}", STATE_FILE))?;
-                (steering, saved.mean_path, saved.sequence, saved.computed_at_step)
+                // The workers of a run that goes on register again and get their places back.
+                let membership = saved.membership.and_then(|m| {
+                    Membership::restore(m, config.cluster.nodes, timeout, Instant::now())
+                });
+                if let Some(m) = &membership {
+                    tracing::info!(
+                        nodes = m.nodes().len(),
+                        epoch = m.epoch(),
+                        "restored the membership; waiting for the workers to register again"
+                    );
+                }
+                let collective = (saved.collective_address, saved.nccl_unique_id);
+                (
+                    steering,
+                    saved.mean_path,
+                    saved.sequence,
+                    saved.computed_at_step,
+                    membership.unwrap_or(fresh),
+                    collective,
+                )
             }
-            None => (steering, Vec::new(), 0, 0),
+            None => (steering, Vec::new(), 0, 0, fresh, (String::new(), Vec::new())),
         };
         let state = State {
-            membership: Membership::new(config.cluster.nodes, timeout)
-                .with_plan(config.cluster.role_plan()),
+            membership: membership.with_plan(config.cluster.role_plan()),
             steering,
-            nccl_unique_id: Vec::new(),
-            collective_address: String::new(),
+            nccl_unique_id: collective.1,
+            collective_address: collective.0,
             latest_mean: None,
             latest_metrics: HashMap::new(),
             mean_path,
@@ -278,7 +298,14 @@ impl CoordinatorService {
                 () = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let lost = self.lock().membership.expire(Instant::now());
+            let lost = {
+                let mut state = self.lock();
+                let lost = state.membership.expire(Instant::now());
+                if !lost.is_empty() {
+                    self.membership_changed(&state);
+                }
+                lost
+            };
             for id in &lost {
                 tracing::warn!(node = %id, "node lost: heartbeat timeout");
             }
@@ -322,24 +349,41 @@ impl CoordinatorService {
     fn write_files(&self, state: &State) {
         let dir = &self.run_dir;
         let frontier = state.steering.frontier();
-        let saved = SavedCoordinator {
-            steering: state.steering.save(),
-            mean_path: state.mean_path.clone(),
-            sequence: state.sequence,
-            computed_at_step: state.computed_at_step,
-        };
         let result = std::fs::create_dir_all(dir)
             .and_then(|()| run_files::write_frontier(dir, &self.objectives, &frontier))
             .and_then(|()| match self.plot_axes {
                 Some(axes) => run_files::write_plot(dir, axes, &frontier, &state.mean_path),
                 None => Ok(()),
             })
-            .and_then(|()| {
-                let text = serde_json::to_string(&saved).map_err(std::io::Error::other)?;
-                run_files::write_atomically(&dir.join(STATE_FILE), &text)
-            });
+            .and_then(|()| self.write_state(state));
         if let Err(e) = result {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot write the frontier files");
+        }
+    }
+
+    /// Saves what a restarted coordinator resumes from. The membership is saved once the
+    /// rendezvous has completed: a coordinator that never gathered its run has none to resume.
+    fn write_state(&self, state: &State) -> std::io::Result<()> {
+        let saved = SavedCoordinator {
+            steering: state.steering.save(),
+            mean_path: state.mean_path.clone(),
+            sequence: state.sequence,
+            computed_at_step: state.computed_at_step,
+            membership: self.complete.borrow().then(|| state.membership.save()),
+            collective_address: state.collective_address.clone(),
+            nccl_unique_id: state.nccl_unique_id.clone(),
+        };
+        std::fs::create_dir_all(&self.run_dir)?;
+        let text = serde_json::to_string(&saved).map_err(std::io::Error::other)?;
+        run_files::write_atomically(&self.run_dir.join(STATE_FILE), &text)
+    }
+
+    /// Saves the state after a change of membership, once the rendezvous has completed.
+    fn membership_changed(&self, state: &State) {
+        if *self.complete.borrow()
+            && let Err(e) = self.write_state(state)
+        {
+            tracing::warn!(dir = %self.run_dir.display(), error = %e, "cannot save the coordinator's state");
         }
     }
 }
@@ -347,13 +391,21 @@ impl CoordinatorService {
 /// The coordinator's file in the run directory that a restarted run goes on from.
 pub const STATE_FILE: &str = "coordinator_state.json";
 
-/// What the coordinator saves after every report.
+/// What the coordinator saves after every report and every change of membership.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct SavedCoordinator {
     steering: steering::SavedSteering,
     mean_path: Vec<Vec<f64>>,
     sequence: u64,
     computed_at_step: u64,
+    /// Who was in the run, once the rendezvous had completed (absent in older files).
+    #[serde(default)]
+    membership: Option<membership::SavedMembership>,
+    /// What learner rank 0 registered for the collective.
+    #[serde(default)]
+    collective_address: String,
+    #[serde(default)]
+    nccl_unique_id: Vec<u8>,
 }
 
 fn read_saved(dir: &std::path::Path) -> anyhow::Result<Option<SavedCoordinator>> {
@@ -454,6 +506,7 @@ impl Coordinator for CoordinatorService {
         tracing::info!(node = %id, role = role.as_str_name(), address = %request.advertised_address, from = ?remote, "registered");
         if complete {
             self.complete.send_replace(true);
+            self.membership_changed(&self.lock());
         }
         self.process.notify_status_changed();
         Ok(Response::new(RegisterResponse {

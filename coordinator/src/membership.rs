@@ -59,6 +59,36 @@ pub struct Node {
     pub last_error: String,
 }
 
+/// A node as the coordinator saves it (`coordinator_state.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedNode {
+    /// Its id.
+    pub id: String,
+    /// Its role (the proto enum's number).
+    pub role: i32,
+    /// Where peers reached it.
+    pub address: String,
+    /// Its host.
+    pub hostname: String,
+    /// Devices a learner drives.
+    pub local_devices: u32,
+    /// Learners: the first global rank.
+    pub first_rank: u32,
+}
+
+/// The membership as the coordinator saves it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedMembership {
+    /// `--nodes` when it was saved.
+    pub expected: u32,
+    /// The membership epoch.
+    pub epoch: u64,
+    /// The next id number per role.
+    pub next_index: [u32; 5],
+    /// Every node, in registration order.
+    pub nodes: Vec<SavedNode>,
+}
+
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
@@ -299,10 +329,75 @@ impl Membership {
             }
         };
         self.epoch += 1;
-        if self.nodes.len() as u32 >= self.expected {
+        if self.live() >= self.expected {
             self.complete = true;
         }
         Ok(id)
+    }
+
+    /// What a restarted coordinator needs to give every worker its place back.
+    pub fn save(&self) -> SavedMembership {
+        SavedMembership {
+            expected: self.expected,
+            epoch: self.epoch,
+            next_index: self.next_index,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| SavedNode {
+                    id: n.id.clone(),
+                    role: n.role as i32,
+                    address: n.address.clone(),
+                    hostname: n.hostname.clone(),
+                    local_devices: n.local_devices,
+                    first_rank: n.first_rank,
+                })
+                .collect(),
+        }
+    }
+
+    /// The membership a restarted coordinator starts from: every saved node is listed as lost
+    /// until it registers again. A running worker does so on its next heartbeat (naming its
+    /// id, it gets its own slot and rank back); a new process takes a lost slot of its role.
+    /// The rendezvous completes again once all `expected` places are live. `None` when the
+    /// saved membership was for another number of workers.
+    pub fn restore(
+        saved: SavedMembership,
+        expected: u32,
+        timeout: Duration,
+        now: Instant,
+    ) -> Option<Membership> {
+        if saved.expected != expected || saved.nodes.len() as u32 > expected {
+            return None;
+        }
+        let nodes = saved
+            .nodes
+            .into_iter()
+            .map(|n| Node {
+                id: n.id,
+                role: Role::try_from(n.role).unwrap_or(Role::Unspecified),
+                address: n.address,
+                hostname: n.hostname,
+                local_devices: n.local_devices.max(1),
+                first_rank: n.first_rank,
+                state: ProcessState::Failed,
+                last_seen: now,
+                progress: 0,
+                progress_per_second: 0.0,
+                policy_version: 0,
+                lost: true,
+                last_error: "not registered again since the coordinator restarted".into(),
+            })
+            .collect();
+        Some(Membership {
+            expected,
+            plan: None,
+            timeout,
+            nodes,
+            epoch: saved.epoch + 1,
+            complete: false,
+            next_index: saved.next_index,
+        })
     }
 
     fn new_id(&mut self, role: Role) -> String {
@@ -544,6 +639,34 @@ mod tests {
         let err = m.register(Role::Learner, "l0:1", "h", 1, "", None, t0).expect_err("overlap");
         assert_eq!(err, RegisterError::RanksTaken { first: 1, end: 2, other: "learner-1".into() });
         assert_eq!(m.nodes().len(), 1, "nothing stored");
+    }
+
+    #[test]
+    fn a_restored_membership_waits_for_its_nodes_and_gives_each_its_slot_back() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(3, Duration::from_secs(5));
+        let l0 = m.register(Role::Learner, "l:1", "h", 1, "", None, t0).expect("l0");
+        let l1 = m.register(Role::Learner, "l:2", "h", 1, "", None, t0).expect("l1");
+        let a = join(&mut m, Role::Actor, "a:1", t0);
+        assert!(m.complete());
+        let saved = m.save();
+        let mut back =
+            Membership::restore(saved.clone(), 3, Duration::from_secs(5), t0).expect("same size");
+        assert!(!back.complete() && back.live() == 0 && back.epoch() > m.epoch());
+        // Running workers come back on their next heartbeat, naming their ids, in any order.
+        assert!(!back.heartbeat(&l1, ProcessState::Serving, 1, 1, "", t0), "must register again");
+        assert_eq!(back.register(Role::Learner, "l:2", "h", 1, &l1, None, t0).expect("l1"), l1);
+        assert_eq!(back.register(Role::Actor, "a:1", "h", 0, &a, None, t0).expect("a"), a);
+        assert!(!back.complete());
+        // A new process in place of learner 0 takes its slot and rank.
+        let new = back.register(Role::Learner, "l:9", "h", 1, "", None, t0).expect("new l0");
+        assert!(back.complete());
+        assert_eq!(back.rendezvous(&new, b"").first_rank, 0);
+        assert_eq!(back.rendezvous(&l1, b"").first_rank, 1);
+        assert_ne!(new, l0, "a new process gets a new id");
+        assert!(back.is_rank_zero_learner(&new));
+        // Saved for another number of workers: not restored.
+        assert!(Membership::restore(saved, 4, Duration::from_secs(5), t0).is_none());
     }
 
     #[test]

@@ -365,3 +365,49 @@ async fn two_cpu_learner_ranks_hold_the_same_parameters() {
         expect_clean_exit(&run, server, Duration::from_secs(10));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_coordinator_restarts_from_its_state_and_the_running_workers_carry_on() {
+    let run = TestRun::new(4, 30, &[]);
+    let (mut coordinator, mut tool_server, mut learner, mut actors) = start_run(&run, 2).await;
+    wait_until(&run, "step 3", Duration::from_secs(120), || async {
+        learner_status(&learner).await.step >= 3
+    })
+    .await;
+    let before = coordinator_status(&run).await;
+    let ids = |status: &CoordinatorStatus| {
+        let mut ids: Vec<String> = status.nodes.iter().map(|n| n.node_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    coordinator.sigkill();
+    assert!(coordinator.wait_exit(Duration::from_secs(5)).is_some(), "SIGKILL ends it");
+
+    // The same address and config: it resumes its archive and weights, and every worker,
+    // still running, registers again under its own id.
+    let mut restarted = run.start("coordinator", "coordinator-restarted", run.coordinator);
+    restarted.wait_serving(Duration::from_secs(20)).await;
+    wait_until(&run, "all four back in the run", Duration::from_secs(30), || async {
+        let status = coordinator_status(&run).await;
+        status.rendezvous_complete && status.nodes_registered == 4
+    })
+    .await;
+    let after = coordinator_status(&run).await;
+    assert_eq!(ids(&after), ids(&before), "{after:?}");
+    assert!(after.step >= before.step, "the archive's step goes on: {after:?}");
+    let log = std::fs::read_to_string(run.log("coordinator-restarted")).expect("log");
+    assert!(log.contains("resuming the weights, archive and stage"), "{log}");
+    assert!(log.contains("restored the membership"), "{log}");
+
+    expect_clean_exit(&run, &mut learner, Duration::from_secs(180));
+    assert_eq!(coordinator_status(&run).await.step, 30);
+    assert_eq!(run.metrics_steps(), (1..=30).collect::<Vec<_>>(), "no worker restarted");
+    for actor in &mut actors {
+        actor.sigterm();
+        expect_clean_exit(&run, actor, Duration::from_secs(10));
+    }
+    for server in [&mut tool_server, &mut restarted] {
+        server.sigterm();
+        expect_clean_exit(&run, server, Duration::from_secs(10));
+    }
+}
