@@ -43,7 +43,25 @@ pub fn venv_python() -> PathBuf {
 }
 
 /// An address on 127.0.0.1 whose port was free a moment ago.
+///
+/// The port is below the kernel's ephemeral range (32768 and up), where the processes under
+/// test bind their own port-0 listeners (a learner's collective and weights ports), so none of
+/// them can take a port a test has picked but not yet handed to its process. Each pick in this
+/// test binary gets a port of its own.
 pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const PORTS: u32 = 12_000;
+    // Different test binaries (and reruns) start at different places in the range.
+    let offset = std::process::id().wrapping_mul(2_654_435_761) % PORTS;
+    for _ in 0..PORTS {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (offset + n) % PORTS) as u16;
+        if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            return listener.local_addr().expect("local addr");
+        }
+    }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind port 0");
     listener.local_addr().expect("local addr")
 }
@@ -58,6 +76,8 @@ pub struct Server {
     pub grpc: SocketAddr,
     /// Its metrics address.
     pub metrics: SocketAddr,
+    /// Where its log goes, when not to a pipe.
+    pub log: Option<PathBuf>,
 }
 
 impl Server {
@@ -82,7 +102,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Server { name, child, grpc, metrics }
+        Server { name, child, grpc, metrics, log: None }
     }
 
     /// Starts `name` with its gRPC port at `grpc` and stderr (the log) appended to `log`: a
@@ -109,7 +129,16 @@ impl Server {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Server { name, child, grpc, metrics }
+        Server { name, child, grpc, metrics, log: Some(log.to_path_buf()) }
+    }
+
+    /// The end of its log file, for a failure message.
+    fn log_tail(&self) -> String {
+        let Some(log) = &self.log else { return String::new() };
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(20).collect();
+        let tail: Vec<&str> = lines.into_iter().rev().collect();
+        format!("\n--- {}:\n{}", log.display(), tail.join("\n"))
     }
 
     /// Sends SIGKILL: the process dies at once, as a crashed one would.
@@ -123,7 +152,7 @@ impl Server {
         let endpoint = format!("http://{}", self.grpc);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited with {status} before serving", self.name);
+                panic!("{} exited with {status} before serving{}", self.name, self.log_tail());
             }
             if let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.clone())
                 .expect("endpoint")
