@@ -19,6 +19,23 @@ pub enum AnswerKind {
     Text,
 }
 
+/// The form of a reference answer, as `tasks check` reports it: `integer`, `decimal`,
+/// `fraction` (numeric answers, by how they are written) or `text` (anything checked as text,
+/// and a "numeric" answer that does not parse as a number).
+pub fn answer_form(example: &Example) -> &'static str {
+    let answer = example.answer.trim();
+    if example.kind == AnswerKind::Text || crate::checking::parse_number(answer).is_none() {
+        return "text";
+    }
+    if answer.contains('/') {
+        "fraction"
+    } else if answer.contains('.') || answer.contains(['e', 'E']) {
+        "decimal"
+    } else {
+        "integer"
+    }
+}
+
 /// A passage of a search corpus; one line of a corpus JSONL file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]

@@ -5,13 +5,16 @@
 //! tasks generate --task arith --what demos | head -3                    # demonstrations
 //! tasks load --format gsm8k train.jsonl                                 # counts, bad lines
 //! tasks load --format hotpotqa dev.json --corpus-out corpus.jsonl       # contexts as corpus
+//! tasks check --format gsm8k test.jsonl [--answers]                     # what a run would load
 //! ```
 //!
-//! Output is JSON lines on stdout; reports go to stderr. Exit codes: 0 done, 1 a file could not
-//! be read or written, 2 bad flags.
+//! `generate` and `load` print JSON lines on stdout and reports on stderr; `check` prints its
+//! report (or, with `--answers`, the answers) on stdout. Exit codes: 0 done, 1 a file could not
+//! be read or written (`load`, `generate`), 2 bad flags, or a file `check` cannot use
+//! (unreadable, empty, no usable record).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -40,6 +43,20 @@ enum Command {
         /// What to print.
         #[arg(long, value_enum, default_value_t = What::Questions)]
         what: What,
+    },
+    /// Check a dataset file exactly as a run loads it: records loaded, records skipped (with
+    /// their line, or index in a HotpotQA array, and why) and the kinds of the final answers.
+    /// Exit 2 when the file cannot be read, is empty or has no usable record.
+    Check {
+        /// The file's format.
+        #[arg(long, value_enum)]
+        format: Format,
+        /// The file.
+        file: PathBuf,
+        /// Print the extracted final answer of each loaded record, one per line in file order
+        /// (the report then goes to stderr).
+        #[arg(long)]
+        answers: bool,
     },
     /// Load a dataset file, report its good and bad records, and print the good ones as
     /// JSON lines (`id`, `prompt`, `answer`, `category`).
@@ -98,8 +115,67 @@ fn question_line(e: &datasets::Example) -> serde_json::Value {
     serde_json::json!({"id": e.id, "prompt": e.question, "answer": e.answer, "category": e.category})
 }
 
+/// A file `tasks check` cannot use: exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unusable(String);
+
+/// Loads `file` in `format`, as a run does.
+fn load_file(format: Format, file: &Path) -> anyhow::Result<Loaded> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Unusable(format!("{}: cannot read: {e}", file.display())))?;
+    Ok(match format {
+        Format::Gsm8k => datasets::load_gsm8k(&text),
+        Format::Jsonl => datasets::load_generic_jsonl(&text),
+        Format::Hotpotqa => datasets::load_hotpotqa(&text)
+            .map_err(|e| Unusable(format!("{}: {e}", file.display())))?,
+    })
+}
+
+fn check(format: Format, file: &Path, answers: bool) -> anyhow::Result<()> {
+    let loaded = load_file(format, file)?;
+    let unit = if matches!(format, Format::Hotpotqa) { "record" } else { "line" };
+    let mut report = format!(
+        "{}: {} records loaded, {} skipped\n",
+        file.display(),
+        loaded.examples.len(),
+        loaded.skipped.len()
+    );
+    for bad in &loaded.skipped {
+        report.push_str(&format!("  {unit} {}: skipped: {}\n", bad.position, bad.reason));
+    }
+    let mut forms = std::collections::BTreeMap::from([
+        ("integer", 0usize),
+        ("decimal", 0),
+        ("fraction", 0),
+        ("text", 0),
+    ]);
+    for example in &loaded.examples {
+        *forms.entry(datasets::answer_form(example)).or_default() += 1;
+    }
+    let order = ["integer", "decimal", "fraction", "text"];
+    let kinds: Vec<String> = order.iter().map(|k| format!("{} {k}", forms[k])).collect();
+    report.push_str(&format!("final answers: {}\n", kinds.join(", ")));
+    if answers {
+        eprint!("{report}");
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for example in &loaded.examples {
+            writeln!(out, "{}", example.answer).context("writing to stdout")?;
+        }
+        out.flush().context("writing to stdout")?;
+    } else {
+        print!("{report}");
+    }
+    if loaded.examples.is_empty() {
+        let why = if loaded.skipped.is_empty() { "is empty" } else { "has no usable record" };
+        return Err(Unusable(format!("{} {why}", file.display())).into());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Check { format, file, answers } => check(format, &file, answers),
         Command::Generate { task, seed, what } => {
             let data = synthetic::generate(&task, seed)?;
             match what {
@@ -110,15 +186,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Load { format, file, corpus_out } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("{}: cannot read", file.display()))?;
-            let loaded: Loaded = match format {
-                Format::Gsm8k => datasets::load_gsm8k(&text),
-                Format::Jsonl => datasets::load_generic_jsonl(&text),
-                Format::Hotpotqa => {
-                    datasets::load_hotpotqa(&text).with_context(|| format!("{}", file.display()))?
-                }
-            };
+            // Exit 1 for `load`, as before `check` existed.
+            let loaded = load_file(format, &file).map_err(|e| anyhow::anyhow!("{e:#}"))?;
             let unit = if matches!(format, Format::Hotpotqa) { "record" } else { "line" };
             for bad in &loaded.skipped {
                 eprintln!("{}: {unit} {}: skipped: {}", file.display(), bad.position, bad.reason);
@@ -148,7 +217,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tasks: {e:#}");
-            ExitCode::FAILURE
+            if e.is::<Unusable>() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }
