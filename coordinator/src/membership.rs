@@ -176,22 +176,20 @@ impl Membership {
         if self.complete {
             return String::new();
         }
-        let registered = |role: Role| self.nodes.iter().filter(|n| n.role == role).count() as u32;
+        // Live nodes only: after a coordinator restart, restored nodes are lost until they
+        // register again, and they are what the rendezvous waits for.
+        let live = |role: Role| self.nodes.iter().filter(|n| n.role == role && !n.lost).count();
         match self.plan {
-            Some(plan) => [
-                (Role::Learner, plan.learners),
-                (Role::Actor, plan.actors),
-                (Role::ToolServer, plan.tool_servers),
-            ]
-            .into_iter()
-            .filter_map(|(role, planned)| {
-                let missing = planned.saturating_sub(registered(role));
-                (missing > 0).then(|| format!("{missing} {}", role_name(role, missing)))
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
+            Some(plan) => [Role::Learner, Role::Actor, Role::ToolServer]
+                .into_iter()
+                .filter_map(|role| {
+                    let missing = plan.count(role).saturating_sub(live(role) as u32);
+                    (missing > 0).then(|| format!("{missing} {}", role_name(role, missing)))
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
             None => {
-                let missing = self.expected.saturating_sub(self.nodes.len() as u32);
+                let missing = self.expected.saturating_sub(self.live());
                 format!("{missing} {} of any role", role_name(Role::Unspecified, missing))
             }
         }
@@ -653,6 +651,7 @@ mod tests {
         let mut back =
             Membership::restore(saved.clone(), 3, Duration::from_secs(5), t0).expect("same size");
         assert!(!back.complete() && back.live() == 0 && back.epoch() > m.epoch());
+        assert_eq!(back.missing(), "3 workers of any role", "restored nodes are not back yet");
         // Running workers come back on their next heartbeat, naming their ids, in any order.
         assert!(!back.heartbeat(&l1, ProcessState::Serving, 1, 1, "", t0), "must register again");
         assert_eq!(back.register(Role::Learner, "l:2", "h", 1, &l1, None, t0).expect("l1"), l1);
