@@ -191,7 +191,7 @@ pub fn save(
     let name = format!("step-{}", state.step);
     let tmp = root.join(format!("{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
-    let written = write_files(&root, &tmp, model, tokenizer, optimizer, state);
+    let written = write_files(&tmp, model, tokenizer, optimizer, state);
     if written.is_err() {
         // A full disk, say: leave no half checkpoint behind.
         let _ = std::fs::remove_dir_all(&tmp);
@@ -211,9 +211,8 @@ pub fn save(
     Ok(dir)
 }
 
-/// Writes every file of a checkpoint and its manifest into `tmp`, each synced.
+/// Writes every file of a checkpoint and its manifest into `tmp`, each synced, and `tmp`.
 fn write_files(
-    root: &Path,
     tmp: &Path,
     model: &Qwen2,
     tokenizer: &Tokenizer,
@@ -241,8 +240,8 @@ fn write_files(
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| io_error(&file, e))?;
     std::fs::write(&file, text).map_err(|e| io_error(&file, e))?;
     sync(&file)?;
-    sync(tmp)?;
-    sync(root)
+    // The directory holding `tmp` is synced after the rename, which is what must last.
+    sync(tmp)
 }
 
 /// Loads the newest checkpoint of the run that checks out: the one `latest` names, else the
