@@ -397,6 +397,15 @@ fn finish_run(hosts: &mut Hosts, steps: u64, timeout: Duration) {
     assert_eq!(metrics_steps(&hosts.run_dir()), (1..=steps).collect::<Vec<_>>());
 }
 
+/// Episodes the five actors report having generated.
+async fn trajectories_generated() -> u64 {
+    let mut trajectories = 0;
+    for host in ACTORS {
+        trajectories += actor_status(host).await.map_or(0, |s| s.episodes_total);
+    }
+    trajectories
+}
+
 fn metrics_steps(run_dir: &Path) -> Vec<u64> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap_or_default()
@@ -463,10 +472,7 @@ async fn nine_hosts_train_and_an_actor_whose_link_drops_is_lost_then_rejoins() {
     finish_run(&mut hosts, steps, Duration::from_secs(300));
     let status = coordinator_status().await.expect("status");
     assert_eq!(status.step, steps);
-    let mut trajectories = 0;
-    for host in ACTORS {
-        trajectories += actor_status(host).await.map_or(0, |s| s.episodes_total);
-    }
+    let trajectories = trajectories_generated().await;
     println!(
         "multihost (9 hosts, actor link down and up): {steps} steps, {trajectories} trajectories \
          from 5 actors, lost detected after {:.2} s (heartbeat timeout {:.1} s), rejoined {:.2} s \
@@ -506,10 +512,7 @@ async fn nine_hosts_complete_a_run_with_20_ms_latency_and_1_percent_loss_everywh
     let (rank0, _) = learner_ranks(&hosts).await;
     let newest = wait_actors_on_newest(&hosts, rank0, 2).await;
     finish_run(&mut hosts, steps, Duration::from_secs(600));
-    let mut trajectories = 0;
-    for host in ACTORS {
-        trajectories += actor_status(host).await.map_or(0, |s| s.episodes_total);
-    }
+    let trajectories = trajectories_generated().await;
     println!(
         "multihost (9 hosts, 20 ms each way through delay proxies, 1% of packets dropped, \
          200 Mbit/s per host): \
