@@ -58,6 +58,11 @@ impl ActorService {
                 "Groups the learner acknowledged",
                 s.groups_acked as f64,
             ),
+            Sample::gauge(
+                "paretopo_actor_groups_unacked",
+                "Groups sent and not yet acknowledged",
+                s.groups_unacked as f64,
+            ),
             Sample::counter(
                 "paretopo_actor_tool_calls",
                 "Tool calls made",
@@ -87,6 +92,12 @@ impl ActorService {
             tool_calls_total: c.tool_calls.load(Ordering::Relaxed),
             tokens_per_second: f64::from_bits(c.tokens_per_second_bits.load(Ordering::Relaxed)),
             device: self.device.clone(),
+            groups_accepted: c.acked_by_outcome[0].load(Ordering::Relaxed),
+            groups_stale: c.acked_by_outcome[1].load(Ordering::Relaxed),
+            groups_invalid: c.acked_by_outcome[2].load(Ordering::Relaxed),
+            groups_duplicate: c.acked_by_outcome[3].load(Ordering::Relaxed),
+            groups_unacked: c.unacked.load(Ordering::Relaxed),
+            acked_through: c.acked_through.load(Ordering::Relaxed),
         }
     }
 }

@@ -52,12 +52,51 @@ pub struct ActorCounters {
     pub groups_sent: AtomicU64,
     /// Groups the learner acknowledged.
     pub groups_acked: AtomicU64,
+    /// Those acknowledgements by outcome: accepted, stale, invalid, duplicate (this actor's
+    /// side of the trajectory ledger).
+    pub acked_by_outcome: [AtomicU64; 4],
+    /// Groups sent and not yet acknowledged.
+    pub unacked: AtomicU64,
+    /// The highest sequence number acknowledged.
+    pub acked_through: AtomicU64,
     /// Tool calls made.
     pub tool_calls: AtomicU64,
     /// Generated tokens per second of the last batch, as f64 bits.
     pub tokens_per_second_bits: AtomicU64,
     /// The learner streamed to.
     pub learner_address: std::sync::Mutex<String>,
+}
+
+impl ActorCounters {
+    /// Counts one acknowledgement; `unacked` groups are still waiting for theirs.
+    fn count_ack(&self, ack: &paretopo_proto::v1::PushAck, unacked: usize) {
+        self.groups_acked.fetch_add(1, Ordering::Relaxed);
+        let slot = match GroupOutcome::try_from(ack.outcome) {
+            Ok(GroupOutcome::Stale) => 1,
+            Ok(GroupOutcome::Invalid) => 2,
+            Ok(GroupOutcome::Duplicate) => 3,
+            _ => 0,
+        };
+        self.acked_by_outcome[slot].fetch_add(1, Ordering::Relaxed);
+        self.acked_through.fetch_max(ack.group_seq, Ordering::Relaxed);
+        self.unacked.store(unacked as u64, Ordering::Relaxed);
+    }
+
+    /// Logs this actor's side of the trajectory ledger (at exit, for reconciliation).
+    fn log_ledger(&self) {
+        let [accepted, stale, invalid, duplicate] =
+            self.acked_by_outcome.each_ref().map(|c| c.load(Ordering::Relaxed));
+        tracing::info!(
+            sent = self.groups_sent.load(Ordering::Relaxed),
+            acked_through = self.acked_through.load(Ordering::Relaxed),
+            accepted,
+            stale,
+            invalid,
+            duplicate,
+            unacked = self.unacked.load(Ordering::Relaxed),
+            "trajectory ledger (this actor's side)"
+        );
+    }
 }
 
 /// The actor's work, from registration to shutdown.
@@ -387,7 +426,7 @@ pub async fn push_groups(
                         while pending.front().is_some_and(|g| g.group_seq <= ack.group_seq) {
                             pending.pop_front();
                         }
-                        counters.groups_acked.fetch_add(1, Ordering::Relaxed);
+                        counters.count_ack(&ack, pending.len());
                         if ack.outcome == GroupOutcome::Invalid as i32 {
                             tracing::warn!(seq = ack.group_seq, error = %ack.error, "the learner rejected a group");
                         }
@@ -400,15 +439,16 @@ pub async fn push_groups(
                     group = groups.recv(), if resend.is_empty() && pending.len() < MAX_UNACKED => {
                         let Some(group) = group else { return anyhow::Ok(()) };
                         pending.push_back(group.clone());
+                        counters.unacked.store(pending.len() as u64, Ordering::Relaxed);
                         tx.send(group).await?;
                     }
                 }
             }
         };
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return counters.log_ledger(),
             result = connection => match result {
-                Ok(()) => return, // the sampler stopped
+                Ok(()) => return counters.log_ledger(), // the sampler stopped
                 Err(e) => {
                     // One warning per outage (and one a minute while it lasts), not one per try.
                     failures += 1;
@@ -422,7 +462,7 @@ pub async fn push_groups(
             },
         }
         if !backoff.wait(&shutdown).await {
-            return;
+            return counters.log_ledger();
         }
     }
 }

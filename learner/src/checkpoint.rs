@@ -1,6 +1,6 @@
 //! Learner checkpoints (DESIGN.md §10): `checkpoints/step-<n>/` in the run directory holds the
 //! policy in the Hugging Face layout (`transformers` opens it), `optimizer.safetensors` (AdamW's
-//! moments), `trainer_state.json` (step, optimizer step, policy version, data position and the
+//! moments), `trainer_state.json` (step, optimizer step, policy version, trajectory ledger and the
 //! objective weights in use) and `manifest.json` (every other file's size and SHA-256).
 //!
 //! Durability: a checkpoint is written into `step-<n>.tmp/`, every file and the directory are
@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
+use crate::ledger::Ledger;
+
 /// The file in each checkpoint that lists every other file's size and SHA-256.
 pub const MANIFEST: &str = "manifest.json";
 
@@ -35,9 +37,11 @@ pub struct TrainerState {
     pub policy_version: u64,
     /// Data position: groups taken into steps so far, over all actors.
     pub groups_consumed: u64,
-    /// Data position per actor: the last group sequence number taken from it, so a resumed
-    /// learner recognises groups it already trained on.
-    pub last_group_seq: BTreeMap<String, u64>,
+    /// The trajectory ledger at this step: every actor's groups by state, so a resumed
+    /// learner recognises groups it already counted and counts the ones it lost. (Absent from
+    /// checkpoints written before the ledger existed.)
+    #[serde(default)]
+    pub ledger: Ledger,
     /// The objective weights of the last step and their sequence number.
     pub objective_weights: Vec<f64>,
     /// The stage of the last step.
@@ -364,7 +368,11 @@ mod tests {
             optimizer_step: 12,
             policy_version: 6,
             groups_consumed: 96,
-            last_group_seq: BTreeMap::from([("actor-0".to_owned(), 50)]),
+            ledger: {
+                let mut ledger = Ledger::default();
+                ledger.record("actor-0", 1, crate::ledger::Intake::Queued);
+                ledger
+            },
             objective_weights: vec![0.5, 0.25, 0.25],
             stage: 1,
         };
@@ -408,7 +416,7 @@ mod tests {
             optimizer_step: step as i64,
             policy_version: step,
             groups_consumed: step * 8,
-            last_group_seq: BTreeMap::new(),
+            ledger: Ledger::default(),
             objective_weights: vec![0.5, 0.5],
             stage: 1,
         }

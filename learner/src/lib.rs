@@ -14,6 +14,7 @@ pub mod collective;
 pub mod estimator;
 pub mod eval;
 pub mod intake;
+pub mod ledger;
 pub mod loss;
 pub mod nccl;
 pub mod runtime;
@@ -26,7 +27,7 @@ use std::sync::atomic::Ordering;
 
 use paretopo_proto::v1::learner_server::{Learner, LearnerServer};
 use paretopo_proto::v1::{
-    GetStatusRequest, LearnerStatus, PushAck, TrajectoryGroup, WatchPolicyRequest,
+    GetStatusRequest, GroupAccount, LearnerStatus, PushAck, TrajectoryGroup, WatchPolicyRequest,
     WatchStatusRequest, WeightChunk,
 };
 use paretopo_service::cli::Launch;
@@ -63,7 +64,7 @@ impl LearnerService {
     /// The status as Prometheus samples (`paretopo_learner_*`).
     fn samples(&self) -> Vec<Sample> {
         let s = self.snapshot();
-        vec![
+        let mut samples = vec![
             Sample::gauge("paretopo_learner_step", "RL steps completed", s.step as f64),
             Sample::gauge(
                 "paretopo_learner_total_steps",
@@ -106,7 +107,25 @@ impl LearnerService {
                 "Groups refused as malformed",
                 s.groups_invalid as f64,
             ),
-        ]
+        ];
+        // The run's trajectory ledger, summed over actors, by state.
+        let t = self.shared.ledger().totals();
+        for (state, value) in [
+            ("queued", t.queued),
+            ("trained", t.trained),
+            ("stale", t.stale),
+            ("invalid", t.invalid),
+            ("lost", t.lost),
+        ] {
+            let mut sample = Sample::gauge(
+                "paretopo_learner_ledger_groups",
+                "The run's pushed groups by what became of them (the trajectory ledger)",
+                value as f64,
+            );
+            sample.labels.push(("state", state.to_owned()));
+            samples.push(sample);
+        }
+        samples
     }
 
     fn snapshot(&self) -> LearnerStatus {
@@ -133,6 +152,21 @@ impl LearnerService {
             groups_duplicate: s.duplicate.load(Ordering::Relaxed),
             groups_invalid: s.invalid.load(Ordering::Relaxed),
             total_steps: self.total_steps,
+            ledger: s
+                .ledger()
+                .accounts()
+                .iter()
+                .map(|(actor, a)| GroupAccount {
+                    actor_id: actor.clone(),
+                    through: a.through,
+                    queued: a.queued,
+                    trained: a.trained,
+                    stale: a.stale,
+                    invalid: a.invalid,
+                    lost: a.lost,
+                    duplicates: a.duplicates,
+                })
+                .collect(),
         }
     }
 }
@@ -168,9 +202,17 @@ impl Learner for LearnerService {
                     }
                 };
                 let (actor_id, group_seq) = (group.actor_id.clone(), group.group_seq);
-                let (outcome, error) = tokio::select! {
+                let accepted = tokio::select! {
                     () = shutdown.cancelled() => return,
                     result = shared.accept(group) => result,
+                };
+                let (outcome, error) = match accepted {
+                    Ok(decided) => decided,
+                    Err(status) => {
+                        // Not acknowledged: the actor sends the group again on a new stream.
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                 };
                 if outcome == paretopo_proto::v1::GroupOutcome::Accepted {
                     accepted_total += 1;

@@ -15,7 +15,7 @@
 //! Shutdown (SIGTERM) cancels the process token: the trainer finishes its step, writes a
 //! checkpoint and returns, so a stopped run resumes where it stopped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -42,6 +42,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
+use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::checkpoint::{self, TrainerState};
@@ -49,6 +50,7 @@ use crate::collective::{CollectiveError, TcpCollective};
 use crate::estimator::{Context as EstimatorContext, Estimator};
 use crate::eval::{self, EvalResult};
 use crate::intake::{self, Group, IntakeLimits};
+use crate::ledger::{Intake, Ledger, Recorded};
 use crate::loss::LossConfig;
 use crate::nccl::{self, NcclCollective};
 use crate::step::{Sample, local_gradient};
@@ -111,8 +113,8 @@ pub struct Shared {
     pub collective: OnceLock<&'static str>,
     /// The intake's limits, known once the model is built.
     pub limits: OnceLock<IntakeLimits>,
-    /// Per actor, the highest sequence number accepted.
-    pub last_seq: Mutex<HashMap<String, u64>>,
+    /// The trajectory ledger: what became of every group each actor pushed.
+    pub ledger: Mutex<Ledger>,
     /// `algorithm.max_staleness`.
     pub max_staleness: u64,
     /// The queue the trainer takes groups from.
@@ -147,7 +149,7 @@ impl Shared {
             raw_address: OnceLock::new(),
             collective: OnceLock::new(),
             limits: OnceLock::new(),
-            last_seq: Mutex::new(HashMap::new()),
+            ledger: Mutex::new(Ledger::default()),
             max_staleness: config.algorithm.max_staleness,
             queue,
         };
@@ -171,44 +173,75 @@ impl Shared {
             Phase { name: name.to_owned(), done, total };
     }
 
+    /// The ledger, locked (it is never held across an await).
+    pub fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Takes one pushed group: the outcome and, when invalid, why. Waits while the queue is
-    /// full (backpressure on the actor's stream).
-    pub async fn accept(&self, group: TrajectoryGroup) -> (GroupOutcome, String) {
+    /// full (backpressure on the actor's stream). Every group with an actor id and a sequence
+    /// number ends up counted in the ledger once. An error is a group that was not taken and
+    /// must not be acknowledged (the learner is starting or stopping, or the sequence number
+    /// is out of order): the stream ends with it and the actor sends the group again.
+    pub async fn accept(&self, group: TrajectoryGroup) -> Result<(GroupOutcome, String), Status> {
         let Some(limits) = self.limits.get() else {
-            return (GroupOutcome::Invalid, "the learner is not ready yet".into());
+            return Err(Status::unavailable("the learner is not ready yet"));
         };
-        {
-            let seen = self.last_seq.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if seen.get(&group.actor_id).is_some_and(|&last| group.group_seq <= last) {
-                self.duplicate.fetch_add(1, Ordering::Relaxed);
-                return (GroupOutcome::Duplicate, String::new());
+        let checked = intake::check_group(&group, limits);
+        let version = self.policy_version.load(Ordering::Relaxed);
+        let intake = match &checked {
+            Err(_) => Intake::Invalid,
+            Ok(_) if version.saturating_sub(group.policy_version) > self.max_staleness => {
+                Intake::Stale
+            }
+            Ok(_) => Intake::Queued,
+        };
+        // A group without an identity cannot be counted; intake refuses it by name.
+        if !group.actor_id.is_empty() && group.group_seq > 0 {
+            match self.ledger().record(&group.actor_id, group.group_seq, intake) {
+                Recorded::Duplicate => {
+                    self.duplicate.fetch_add(1, Ordering::Relaxed);
+                    return Ok((GroupOutcome::Duplicate, String::new()));
+                }
+                Recorded::OutOfOrder { expected } => {
+                    return Err(Status::invalid_argument(format!(
+                        "group_seq: {} from actor {} skips ahead; expected {expected}",
+                        group.group_seq, group.actor_id
+                    )));
+                }
+                Recorded::New { lost } if lost > 0 => tracing::warn!(
+                    actor = %group.actor_id,
+                    first = group.group_seq - lost,
+                    last = group.group_seq - 1,
+                    lost,
+                    "groups decided by a learner that died before its checkpoint: counted lost"
+                ),
+                Recorded::New { .. } => {}
             }
         }
-        let checked = match intake::check_group(&group, limits) {
-            Ok(checked) => checked,
+        let checked = match checked {
             Err(e) => {
                 self.invalid.fetch_add(1, Ordering::Relaxed);
-                return (GroupOutcome::Invalid, e.to_string());
+                return Ok((GroupOutcome::Invalid, e.to_string()));
             }
+            Ok(_) if intake == Intake::Stale => {
+                self.stale.fetch_add(1, Ordering::Relaxed);
+                self.stale_trajectories
+                    .fetch_add(group.trajectories.len() as u64, Ordering::Relaxed);
+                return Ok((GroupOutcome::Stale, String::new()));
+            }
+            Ok(checked) => checked,
         };
-        let version = self.policy_version.load(Ordering::Relaxed);
-        if version.saturating_sub(group.policy_version) > self.max_staleness {
-            self.stale.fetch_add(1, Ordering::Relaxed);
-            self.stale_trajectories.fetch_add(group.trajectories.len() as u64, Ordering::Relaxed);
-            return (GroupOutcome::Stale, String::new());
-        }
-        self.last_seq
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(group.actor_id.clone(), group.group_seq);
         let queued =
             Queued { actor_id: group.actor_id, group_seq: group.group_seq, group: checked };
         self.queued.fetch_add(1, Ordering::Relaxed);
+        // Counted as queued already: should the trainer be gone, the group is never
+        // acknowledged, and the next learner counts it lost (it never reached a checkpoint).
         if self.queue.send(queued).await.is_err() {
-            return (GroupOutcome::Invalid, "the learner has stopped training".into());
+            return Err(Status::unavailable("the learner has stopped training"));
         }
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        (GroupOutcome::Accepted, String::new())
+        Ok((GroupOutcome::Accepted, String::new()))
     }
 }
 
@@ -470,8 +503,17 @@ impl Trainer {
                     digest = %parameter_digest(&model),
                     "resumed from checkpoint"
                 );
-                *self.shared.last_seq.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    state.last_group_seq.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                let ledger = Ledger::resumed(state.ledger.clone());
+                let totals = ledger.totals();
+                tracing::info!(
+                    groups = totals.through,
+                    trained = totals.trained,
+                    stale = totals.stale,
+                    invalid = totals.invalid,
+                    lost = totals.lost,
+                    "trajectory ledger resumed (groups queued at the checkpoint are counted lost)"
+                );
+                *self.shared.ledger() = ledger;
                 state
             }
             None => {
@@ -488,7 +530,7 @@ impl Trainer {
                     optimizer_step: 0,
                     policy_version: 0,
                     groups_consumed: 0,
-                    last_group_seq: BTreeMap::new(),
+                    ledger: Ledger::default(),
                     objective_weights: Vec::new(),
                     stage: 1,
                 }
@@ -527,6 +569,7 @@ impl Trainer {
                     if self.rank != 0 {
                         bail!("lost learner {peer} at step {}: {e:#}", state.step + 1);
                     }
+                    state.ledger = self.shared.ledger().clone();
                     let dir =
                         checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state, keep)?;
                     bail!(
@@ -554,6 +597,7 @@ impl Trainer {
             }
             if step % self.config.algorithm.checkpoint_every == 0 && step < total && self.rank == 0
             {
+                state.ledger = self.shared.ledger().clone();
                 match checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state, keep) {
                     Ok(dir) => {
                         tracing::info!(step, dir = %dir.display(), digest = %parameter_digest(&model), "checkpoint written")
@@ -578,6 +622,7 @@ impl Trainer {
         // Ranks that stepped together hold the same bits; the digest lets anyone check that.
         tracing::info!(step = state.step, rank = self.rank, digest = %parameter_digest(&model), "final parameters");
         if self.rank == 0 {
+            state.ledger = self.shared.ledger().clone();
             let dir = checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state, keep)?;
             tracing::info!(
                 step = state.step,
@@ -586,6 +631,7 @@ impl Trainer {
                 seconds = started.elapsed().as_secs_f64(),
                 "checkpoint written"
             );
+            write_ledger(&run_dir, &state.ledger)?;
         }
         // With no RL step (`total_steps = 0`: a warm start alone, or `coordinator eval`) the
         // final policy is the one evaluated before, and `warm_start` already holds its result.
@@ -752,6 +798,7 @@ impl Trainer {
                 self.shared
                     .stale_trajectories
                     .fetch_add(queued.group.samples.len() as u64, Ordering::Relaxed);
+                self.shared.ledger().dropped_stale(&queued.actor_id);
                 continue;
             }
             batch.push(queued);
@@ -895,9 +942,11 @@ impl Trainer {
         state.step = step;
         state.optimizer_step = optimizer.step;
         state.groups_consumed += a.groups_per_step as u64;
-        for queued in &batch {
-            let last = state.last_group_seq.entry(queued.actor_id.clone()).or_insert(0);
-            *last = (*last).max(queued.group_seq);
+        {
+            let mut ledger = self.shared.ledger();
+            for queued in &batch {
+                ledger.trained(&queued.actor_id);
+            }
         }
         state.objective_weights = weights.clone();
         state.stage = stage;
@@ -972,6 +1021,32 @@ impl Trainer {
             }
         }
     }
+}
+
+/// Writes `ledger.json` in the run directory (the ledger of the checkpoint just written, for
+/// operators and tests) and logs its totals and whether they add up.
+fn write_ledger(run_dir: &std::path::Path, ledger: &Ledger) -> anyhow::Result<()> {
+    let t = ledger.totals();
+    let balanced = ledger.check();
+    tracing::info!(
+        groups = t.through,
+        queued = t.queued,
+        trained = t.trained,
+        stale = t.stale,
+        invalid = t.invalid,
+        lost = t.lost,
+        duplicates = t.duplicates,
+        balanced = balanced.is_ok(),
+        "trajectory ledger"
+    );
+    if let Err(e) = balanced {
+        tracing::error!(error = %e, "the trajectory ledger does not add up");
+    }
+    let path = run_dir.join("ledger.json");
+    let tmp = run_dir.join("ledger.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(ledger)?)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Adds `label`'s result to `eval.json` in the run directory.

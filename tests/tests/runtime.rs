@@ -105,6 +105,26 @@ impl TestRun {
     }
 }
 
+/// The run's trajectory ledger as the learner wrote it at the end (`ledger.json`), checked to
+/// add up: for every actor, its states sum to the groups it accounts for.
+fn final_ledger(run: &TestRun) -> serde_json::Map<String, serde_json::Value> {
+    let text = std::fs::read_to_string(run.path().join("ledger.json"))
+        .unwrap_or_else(|e| panic!("ledger.json: {e}\n{}", run.logs()));
+    let ledger: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).expect("ledger.json is a JSON object");
+    for (actor, account) in &ledger {
+        let n = |state: &str| account[state].as_u64().expect(state);
+        let counted = n("queued") + n("trained") + n("stale") + n("invalid") + n("lost");
+        assert_eq!(counted, n("through"), "actor {actor} does not add up: {account}");
+    }
+    ledger
+}
+
+/// The sum of `state` over every actor of a ledger.
+fn ledger_total(ledger: &serde_json::Map<String, serde_json::Value>, state: &str) -> u64 {
+    ledger.values().map(|a| a[state].as_u64().expect(state)).sum()
+}
+
 async fn coordinator_status(run: &TestRun) -> CoordinatorStatus {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", run.coordinator))
         .expect("endpoint")
@@ -242,6 +262,26 @@ async fn a_run_flows_trajectories_steps_publishes_and_records_the_frontier() {
     }
     assert!(run.path().join("plots/frontier.svg").is_file());
 
+    // The ledger: each step trains `groups_per_step` groups, nothing was lost, and each actor's
+    // account lies between what it had acknowledged and what it had sent.
+    let ledger = final_ledger(&run);
+    assert_eq!(ledger_total(&ledger, "trained"), 5 * 2, "{ledger:?}");
+    assert_eq!(ledger_total(&ledger, "lost"), 0, "{ledger:?}");
+    for actor in &actors {
+        let s = actor_status(actor).await;
+        let id = s.process.as_ref().expect("process").node_id.clone();
+        let through = ledger.get(&id).map_or(0, |a| a["through"].as_u64().expect("through"));
+        assert!(
+            s.acked_through <= through && through <= s.acked_through + s.groups_unacked,
+            "{id}: learner accounts through {through}, actor {s:?}"
+        );
+        assert_eq!(
+            s.groups_accepted + s.groups_stale + s.groups_invalid + s.groups_duplicate,
+            s.groups_acked,
+            "{s:?}"
+        );
+    }
+
     for actor in &mut actors {
         actor.sigterm();
         expect_clean_exit(&run, actor, Duration::from_secs(10));
@@ -325,6 +365,12 @@ async fn a_killed_actor_is_marked_lost_and_a_restarted_learner_resumes_from_its_
     let lost: Vec<&str> =
         status.nodes.iter().filter(|n| n.lost).map(|n| n.node_id.as_str()).collect();
     assert_eq!(lost, [killed.as_str()], "{status:?}");
+
+    // The ledger covers the whole run: 40 steps' groups trained, counted once across the
+    // restart (the groups queued at the stop are counted lost, not trained twice).
+    let ledger = final_ledger(&run);
+    assert_eq!(ledger_total(&ledger, "trained"), 40 * 2, "{ledger:?}");
+    assert!(log.contains("trajectory ledger resumed"), "{log}");
 }
 
 /// The digest logged with `message` at `step=<step>`.
