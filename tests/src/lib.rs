@@ -6,6 +6,8 @@
 //! `CARGO_BIN_EXE_*` variables exist only inside the defining package), so build them first:
 //! `make test` runs `cargo build --bins` before `cargo test`.
 
+pub mod run;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
