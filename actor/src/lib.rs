@@ -142,7 +142,12 @@ pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
     let process = launch.process.clone();
     let work =
         tokio::spawn(runtime::work(launch.config.clone(), process.clone(), counters, device));
-    let served = launch.serve(Routes::new(ActorServer::new(service)));
+    let max_message = launch.max_message_bytes();
+    let served = launch.serve(Routes::new(
+        ActorServer::new(service)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message),
+    ));
     tokio::pin!(served);
     tokio::select! {
         // The server ended (shutdown); the work sees the same token.

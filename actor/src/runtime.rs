@@ -12,7 +12,7 @@
 //!   duplicates by actor id and sequence number).
 //!
 //! Backpressure runs end to end: the learner stops reading when its queue is full, the pusher
-//! stops taking groups when [`MAX_UNACKED`] are in flight, and the sampler blocks on the full
+//! stops taking groups when `limits.actor_unacked_groups` are in flight, and the sampler blocks on the full
 //! channel. Shutdown cancels the process token; every loop selects on it.
 
 use std::collections::VecDeque;
@@ -37,9 +37,6 @@ use crate::setup::{self, TaskSetup};
 use crate::tools::{GrpcTools, ToolClientConfig};
 use crate::weights::{Assembler, PolicyVersion, apply};
 use crate::wire;
-
-/// Groups sent but not yet acknowledged, at most.
-pub const MAX_UNACKED: usize = 4;
 
 /// Counters the status service reads.
 #[derive(Debug, Default)]
@@ -138,7 +135,14 @@ pub async fn work(
         process.shutdown().clone(),
     ));
     let (groups_tx, groups_rx) = mpsc::channel(2);
-    tokio::spawn(push_groups(learner, groups_rx, process.shutdown().clone(), counters.clone()));
+    let max_unacked = config.limits.actor_unacked_groups.max(1) as usize;
+    tokio::spawn(push_groups(
+        learner,
+        groups_rx,
+        max_unacked,
+        process.shutdown().clone(),
+        counters.clone(),
+    ));
 
     let tools = GrpcTools::new(
         tokio::runtime::Handle::current(),
@@ -401,11 +405,13 @@ pub async fn fetch_raw(
         .with_context(|| format!("fetching policy version {version} from {address}"))
 }
 
-/// Streams groups to the learner until shutdown; after a lost connection, reconnects with
-/// backoff and sends the unacknowledged groups again first.
+/// Streams groups to the learner until shutdown, with at most `max_unacked` unacknowledged;
+/// after a lost connection, reconnects with backoff and sends the unacknowledged groups again
+/// first.
 pub async fn push_groups(
     learner: String,
     mut groups: mpsc::Receiver<TrajectoryGroup>,
+    max_unacked: usize,
     shutdown: CancellationToken,
     counters: Arc<ActorCounters>,
 ) {
@@ -436,7 +442,7 @@ pub async fn push_groups(
                             permit?.send(group);
                         }
                     }
-                    group = groups.recv(), if resend.is_empty() && pending.len() < MAX_UNACKED => {
+                    group = groups.recv(), if resend.is_empty() && pending.len() < max_unacked => {
                         let Some(group) = group else { return anyhow::Ok(()) };
                         pending.push_back(group.clone());
                         counters.unacked.store(pending.len() as u64, Ordering::Relaxed);

@@ -84,11 +84,16 @@ impl GrpcTools {
             };
             match client.call(message).await {
                 Ok(response) => return response.into_inner().output,
-                // Only a server that cannot be reached is worth another try; a refused request
-                // would be refused again.
-                Err(status) if status.code() == tonic::Code::Unavailable => {
+                // Only a server that cannot be reached, or whose line is full, is worth another
+                // try; a refused request would be refused again.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                    ) =>
+                {
                     last_error = status.message().to_owned();
-                    tracing::warn!(attempt, error = %status.message(), "tool-server unreachable");
+                    tracing::warn!(attempt, error = %status.message(), "tool-server unreachable or full; retrying");
                 }
                 Err(status) => {
                     return format!(
@@ -98,7 +103,7 @@ impl GrpcTools {
                 }
             }
         }
-        format!("error: the tool-server is unreachable ({last_error})")
+        format!("error: the tool-server is unreachable or full ({last_error})")
     }
 }
 

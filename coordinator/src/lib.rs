@@ -666,7 +666,14 @@ pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
     tokio::spawn(service.clone().expire_loop());
     let deadline = Duration::from_millis(launch.config.cluster.rendezvous_timeout_ms);
     let rendezvous = tokio::spawn(service.clone().rendezvous_deadline(deadline));
-    launch.serve(Routes::new(CoordinatorServer::new(service))).await?;
+    let max_message = launch.max_message_bytes();
+    launch
+        .serve(Routes::new(
+            CoordinatorServer::new(service)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        ))
+        .await?;
     // Serving ended, so shutdown was cancelled and the deadline task has returned.
     match rendezvous.await {
         Ok(Some(missed)) => Err(anyhow::anyhow!(missed)),

@@ -119,6 +119,7 @@ async fn serve(vocab: i64) -> (SocketAddr, Arc<Shared>, Arc<Process>) {
                 metrics_address: None,
                 advertised_address: None,
                 drain_timeout: Duration::from_secs(1),
+                limits: Default::default(),
             },
             Instant::now(),
         )
@@ -131,6 +132,7 @@ async fn serve(vocab: i64) -> (SocketAddr, Arc<Shared>, Arc<Process>) {
         objectives: 3,
         vocab_size: vocab as u32,
         max_tokens: 4096,
+        max_trajectories: 64,
     });
     // The trainer's side: take groups as fast as they come.
     tokio::spawn(async move { while queue.recv().await.is_some() {} });

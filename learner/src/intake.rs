@@ -26,7 +26,14 @@ pub struct IntakeLimits {
     pub vocab_size: u32,
     /// The longest trajectory accepted, in tokens.
     pub max_tokens: usize,
+    /// The most trajectories a group may hold (`algorithm.group_size`).
+    pub max_trajectories: usize,
 }
+
+/// The longest actor id accepted, in bytes (ids the coordinator gives are far shorter).
+pub const MAX_ID_BYTES: usize = 128;
+/// The longest prompt id accepted, in bytes.
+pub const MAX_PROMPT_ID_BYTES: usize = 1024;
 
 /// A checked group.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,10 +54,26 @@ pub fn check_group(
     limits: &IntakeLimits,
 ) -> Result<Group, IntakeError> {
     let fail = |field: String, message: String| Err(IntakeError { field, message });
-    if group.trajectories.len() < 2 {
+    if group.actor_id.is_empty() || group.actor_id.len() > MAX_ID_BYTES {
+        return fail(
+            "actor_id".into(),
+            format!("needs 1 to {MAX_ID_BYTES} bytes, got {}", group.actor_id.len()),
+        );
+    }
+    if group.group_seq == 0 {
+        return fail("group_seq".into(), "starts at 1, got 0".into());
+    }
+    if group.prompt_id.len() > MAX_PROMPT_ID_BYTES {
+        return fail(
+            "prompt_id".into(),
+            format!("at most {MAX_PROMPT_ID_BYTES} bytes, got {}", group.prompt_id.len()),
+        );
+    }
+    let n = group.trajectories.len();
+    if n < 2 || n > limits.max_trajectories.max(2) {
         return fail(
             "trajectories".into(),
-            format!("a group needs at least 2, got {}", group.trajectories.len()),
+            format!("a group needs 2 to {}, got {n}", limits.max_trajectories.max(2)),
         );
     }
     if !(group.temperature.is_finite() && group.temperature > 0.0) {

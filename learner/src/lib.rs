@@ -322,7 +322,12 @@ pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
     let process = launch.process.clone();
     let work =
         tokio::spawn(runtime::work(launch.config.clone(), process.clone(), shared, queue, device));
-    let served = launch.serve(Routes::new(LearnerServer::new(service)));
+    let max_message = launch.max_message_bytes();
+    let served = launch.serve(Routes::new(
+        LearnerServer::new(service)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message),
+    ));
     tokio::pin!(served);
     tokio::pin!(work);
     tokio::select! {

@@ -122,10 +122,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// New shared state and the receiving end of the training queue, which holds one step's
-    /// groups: more would only age in line and be dropped as stale.
+    /// New shared state and the receiving end of the training queue, which holds
+    /// `limits.learner_queue_groups` (by default one step's groups: more would only age in line
+    /// and be dropped as stale).
     pub fn new(config: &RunConfig) -> (Arc<Self>, mpsc::Receiver<Queued>) {
-        let (queue, rx) = mpsc::channel(config.algorithm.groups_per_step.max(1) as usize);
+        let bound = match config.limits.learner_queue_groups {
+            0 => config.algorithm.groups_per_step,
+            n => n,
+        };
+        let (queue, rx) = mpsc::channel(bound.max(1) as usize);
         let k = config.task.objectives.len();
         let shared = Shared {
             step: AtomicU64::new(0),
@@ -487,6 +492,7 @@ impl Trainer {
             objectives: self.config.task.objectives.len(),
             vocab_size: model.config().vocab_size as u32,
             max_tokens,
+            max_trajectories: self.config.algorithm.group_size as usize,
         });
         let run_dir = self.config.run.dir.clone();
         std::fs::create_dir_all(&run_dir)

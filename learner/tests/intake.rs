@@ -41,7 +41,8 @@ fn group() -> (v1::TrajectoryGroup, Vec<Trajectory>) {
     (group, parts.into_iter().map(|(t, _, _)| t).collect())
 }
 
-const LIMITS: IntakeLimits = IntakeLimits { objectives: 3, vocab_size: 128, max_tokens: 64 };
+const LIMITS: IntakeLimits =
+    IntakeLimits { objectives: 3, vocab_size: 128, max_tokens: 64, max_trajectories: 4 };
 
 #[test]
 fn trajectories_arrive_unchanged() {
@@ -70,7 +71,18 @@ type Breakage = Box<dyn Fn(&mut v1::TrajectoryGroup)>;
 #[test]
 fn each_malformed_field_is_refused_by_name() {
     let cases: Vec<(&str, Breakage)> = vec![
+        ("actor_id:", Box::new(|g| g.actor_id.clear())),
+        ("actor_id:", Box::new(|g| g.actor_id = "a".repeat(1 << 20))),
+        ("group_seq:", Box::new(|g| g.group_seq = 0)),
+        ("prompt_id:", Box::new(|g| g.prompt_id = "p".repeat(1 << 20))),
         ("trajectories:", Box::new(|g| g.trajectories.truncate(1))),
+        (
+            "trajectories:",
+            Box::new(|g| {
+                let t = g.trajectories[0].clone();
+                g.trajectories.extend(std::iter::repeat_n(t, 2));
+            }),
+        ),
         ("temperature:", Box::new(|g| g.temperature = 0.0)),
         ("trajectories[1].token_ids:", Box::new(|g| g.trajectories[1].token_ids[4] = 500)),
         ("trajectories[0].token_ids:", Box::new(|g| g.trajectories[0].token_ids = vec![1; 65])),
@@ -105,5 +117,89 @@ fn each_malformed_field_is_refused_by_name() {
         break_it(&mut group);
         let err = check_group(&group, &LIMITS).expect_err(field);
         assert!(err.to_string().starts_with(field), "{field}: got {err}");
+    }
+}
+
+/// The learner's intake, as the `PushTrajectories` handler drives it: a bounded queue that
+/// holds an actor back when full, and a ledger that counts each group once.
+mod intake_queue {
+    use std::time::Duration;
+
+    use learner::runtime::Shared;
+    use paretopo_proto::v1::GroupOutcome;
+    use paretopo_service::RunConfig;
+
+    use super::{LIMITS, group};
+
+    fn shared(
+        queue_groups: u32,
+    ) -> (std::sync::Arc<Shared>, tokio::sync::mpsc::Receiver<learner::runtime::Queued>) {
+        let mut config = RunConfig::default();
+        config.task.objectives =
+            vec!["accuracy".into(), "tool_efficiency".into(), "token_efficiency".into()];
+        config.limits.learner_queue_groups = queue_groups;
+        let (shared, queue) = Shared::new(&config);
+        shared.limits.set(LIMITS).expect("limits set once");
+        (shared, queue)
+    }
+
+    fn numbered(seq: u64) -> paretopo_proto::v1::TrajectoryGroup {
+        let (mut g, _) = group();
+        g.group_seq = seq;
+        g
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_holds_the_next_group_back_instead_of_buffering_it() {
+        let (shared, mut queue) = shared(2);
+        for seq in 1..=2 {
+            let (outcome, _) = shared.accept(numbered(seq)).await.expect("taken");
+            assert_eq!(outcome, GroupOutcome::Accepted);
+        }
+        let third = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.accept(numbered(3)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!third.is_finished(), "a third group must wait while the queue holds two");
+        assert_eq!(shared.accepted.load(std::sync::atomic::Ordering::Relaxed), 2);
+        // The trainer takes one: the waiting group goes in.
+        assert_eq!(queue.recv().await.expect("queued").group_seq, 1);
+        let (outcome, _) = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("the waiting group goes in once there is room")
+            .expect("task")
+            .expect("taken");
+        assert_eq!(outcome, GroupOutcome::Accepted);
+    }
+
+    #[tokio::test]
+    async fn the_ledger_counts_each_group_once_and_refuses_what_it_cannot_count() {
+        let (shared, _queue) = shared(8);
+        assert_eq!(shared.accept(numbered(1)).await.expect("taken").0, GroupOutcome::Accepted);
+        // A resend is a duplicate, not counted again.
+        assert_eq!(shared.accept(numbered(1)).await.expect("taken").0, GroupOutcome::Duplicate);
+        // A malformed group with an identity is counted invalid.
+        let mut bad = numbered(2);
+        bad.temperature = f32::NAN;
+        let (outcome, error) = shared.accept(bad).await.expect("taken");
+        assert_eq!(outcome, GroupOutcome::Invalid);
+        assert!(error.starts_with("temperature:"), "{error}");
+        // One without an identity, or one that skips ahead within a stream, is refused and
+        // stored nowhere.
+        let mut anonymous = numbered(3);
+        anonymous.actor_id.clear();
+        assert_eq!(shared.accept(anonymous).await.expect("taken").0, GroupOutcome::Invalid);
+        let skipped = shared.accept(numbered(9)).await.expect_err("out of order");
+        assert_eq!(skipped.code(), tonic::Code::InvalidArgument);
+        assert!(skipped.message().starts_with("group_seq:"), "{}", skipped.message());
+        let ledger = shared.ledger();
+        let account = ledger.accounts()["actor-0"];
+        assert_eq!(
+            (account.through, account.queued, account.invalid, account.duplicates),
+            (2, 1, 1, 1)
+        );
+        assert_eq!(ledger.accounts().len(), 1, "the anonymous group is stored nowhere");
+        ledger.check().expect("balanced");
     }
 }

@@ -103,6 +103,11 @@ pub struct Launch {
 }
 
 impl Launch {
+    /// `limits.max_message_bytes`, for the role's generated server.
+    pub fn max_message_bytes(&self) -> usize {
+        self.config.limits.max_message_bytes as usize
+    }
+
     /// Serves the role's `routes` (plus health and reflection) and the metrics port until
     /// shutdown, then returns.
     pub async fn serve(self, routes: Routes) -> anyhow::Result<()> {
@@ -210,6 +215,7 @@ async fn launch(
             grpc_listener.local_addr()?,
         )),
         drain_timeout: Duration::from_millis(section.drain_timeout_ms),
+        limits: config.limits.clone(),
     };
     let process = Arc::new(Process::new(setup, started).await);
     let metrics = Metrics::new(role, started, process.started_unix());

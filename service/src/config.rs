@@ -72,6 +72,63 @@ pub struct RunConfig {
     pub actor: RoleSection,
     /// `[tool_server]`: each tool-server process.
     pub tool_server: ToolServerSection,
+    /// `[limits]`: the bounds of the queues and buffers every process shares
+    /// (docs/reliability.md lists every bound, these and the others).
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// The largest gRPC request a server decodes (and response it encodes), in bytes; a larger
+    /// one is refused with RESOURCE_EXHAUSTED. Clients keep gRPC's 4 MiB for what they receive.
+    pub max_message_bytes: u32,
+    /// gRPC streams one connection may have open at once (HTTP/2 max concurrent streams).
+    pub max_concurrent_streams: u32,
+    /// `WatchStatus` streams a process serves at once; one more is refused with
+    /// RESOURCE_EXHAUSTED.
+    pub max_status_watchers: u32,
+    /// Groups a learner's training queue holds; 0: one step's worth
+    /// (`algorithm.groups_per_step`). A full queue stops reading the actors' streams.
+    pub learner_queue_groups: u32,
+    /// Groups an actor has sent and not yet seen acknowledged; at this bound it stops taking
+    /// new groups, and its sampler stops on the next one.
+    pub actor_unacked_groups: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 << 20,
+            max_concurrent_streams: 256,
+            max_status_watchers: 64,
+            learner_queue_groups: 0,
+            actor_unacked_groups: 4,
+        }
+    }
+}
+
+impl LimitsSection {
+    /// Checks values that parse but make no sense; returns the key (within the section) and why.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let positive = [
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_concurrent_streams", self.max_concurrent_streams),
+            ("max_status_watchers", self.max_status_watchers),
+            ("actor_unacked_groups", self.actor_unacked_groups),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err((key, "must be at least 1".into()));
+        }
+        if self.max_message_bytes < 64 << 10 {
+            return Err((
+                "max_message_bytes",
+                "must be at least 65536 (a trajectory group)".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[run]`.
@@ -641,6 +698,9 @@ pub struct ToolServerSection {
     /// Unset: one per CPU core, as the tools are CPU-bound and more at once only lengthen
     /// every call.
     pub max_concurrent_calls: Option<u32>,
+    /// Calls that may wait in line at once; one more is refused at once with
+    /// RESOURCE_EXHAUSTED (an actor retries it with backoff) instead of a place.
+    pub max_queued_calls: u32,
     /// The deadline of a call that names none, in milliseconds.
     pub default_deadline_ms: u32,
     /// The longest deadline a call may ask for, in milliseconds.
@@ -664,6 +724,7 @@ impl Default for ToolServerSection {
             corpus: None,
             search_top_k: 3,
             max_concurrent_calls: None,
+            max_queued_calls: 1024,
             default_deadline_ms: 5_000,
             max_deadline_ms: 60_000,
             calculator_max_input_bytes: 1024,
@@ -689,6 +750,7 @@ impl ToolServerSection {
         let positive = [
             ("search_top_k", self.search_top_k),
             ("max_concurrent_calls", self.max_concurrent_calls.unwrap_or(1)),
+            ("max_queued_calls", self.max_queued_calls),
             ("default_deadline_ms", self.default_deadline_ms),
             ("calculator_max_input_bytes", self.calculator_max_input_bytes),
             ("calculator_max_depth", self.calculator_max_depth),
@@ -795,6 +857,9 @@ impl RunConfig {
         }
         if let Err((key, message)) = self.cluster.validate() {
             return fail(&format!("cluster.{key}"), message);
+        }
+        if let Err((key, message)) = self.limits.validate() {
+            return fail(&format!("limits.{key}"), message);
         }
         if let Err((key, message)) = self.algorithm.validate(self.task.objectives.len()) {
             return fail(&format!("algorithm.{key}"), message);

@@ -81,6 +81,7 @@ pub async fn serve(
     let server = Server::builder()
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_concurrent_streams(Some(process.limits().max_concurrent_streams))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, drain_signal);
 

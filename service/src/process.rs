@@ -6,6 +6,8 @@
 //! end and the server can drain; DESIGN.md §9).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use paretopo_proto::v1::{ProcessInfo, ProcessState};
@@ -39,6 +41,18 @@ pub struct Process {
     health: HealthReporter,
     shutdown: CancellationToken,
     node_id: std::sync::OnceLock<String>,
+    limits: crate::config::LimitsSection,
+    status_watchers: Arc<AtomicU32>,
+}
+
+/// One open `WatchStatus` stream's place (see [`Process::status_watcher`]).
+#[derive(Debug)]
+pub struct WatcherGuard(Arc<AtomicU32>);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Where a process listens and how it presents itself; see [`Process::new`].
@@ -58,6 +72,8 @@ pub struct ProcessSetup {
     pub advertised_address: Option<String>,
     /// How long shutdown waits for calls in flight.
     pub drain_timeout: Duration,
+    /// `[limits]`: the bounds the server and the status streams keep.
+    pub limits: crate::config::LimitsSection,
 }
 
 impl Process {
@@ -88,7 +104,24 @@ impl Process {
             health,
             shutdown: CancellationToken::new(),
             node_id: std::sync::OnceLock::new(),
+            limits: setup.limits,
+            status_watchers: Arc::new(AtomicU32::new(0)),
         }
+    }
+
+    /// `[limits]`.
+    pub fn limits(&self) -> &crate::config::LimitsSection {
+        &self.limits
+    }
+
+    /// Takes a place for one more `WatchStatus` stream, held until the guard drops; `None`
+    /// when `limits.max_status_watchers` are open already.
+    pub fn status_watcher(&self) -> Option<WatcherGuard> {
+        let max = self.limits.max_status_watchers;
+        self.status_watchers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| WatcherGuard(self.status_watchers.clone()))
     }
 
     /// Records the node id the coordinator assigned (the first one sticks: a process keeps its
@@ -221,6 +254,7 @@ mod tests {
             metrics_address: None,
             advertised_address: Some("tools:4000".into()),
             drain_timeout: Duration::from_secs(1),
+            limits: Default::default(),
         }
     }
 

@@ -44,11 +44,23 @@ where
     F: Fn() -> T + Send + 'static,
 {
     let every = interval(request)?;
-    Ok(tonic::Response::new(watch(process, every, snapshot)))
+    let Some(place) = process.status_watcher() else {
+        return Err(Status::resource_exhausted(format!(
+            "{} status streams are open already (`limits.max_status_watchers`)",
+            process.limits().max_status_watchers
+        )));
+    };
+    Ok(tonic::Response::new(watch(process, every, snapshot, Some(place))))
 }
 
-/// Spawns the producer of a status stream; `snapshot` builds one status message.
-pub fn watch<T, F>(process: &Process, every: Duration, snapshot: F) -> StatusStream<T>
+/// Spawns the producer of a status stream; `snapshot` builds one status message. `place`, if
+/// any, is held until the stream ends.
+pub fn watch<T, F>(
+    process: &Process,
+    every: Duration,
+    snapshot: F,
+    place: Option<crate::process::WatcherGuard>,
+) -> StatusStream<T>
 where
     T: Send + 'static,
     F: Fn() -> T + Send + 'static,
@@ -57,6 +69,7 @@ where
     let shutdown = process.shutdown().clone();
     let mut changes = process.status_changes();
     tokio::spawn(async move {
+        let _place = place;
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -103,10 +116,39 @@ mod tests {
                 metrics_address: None,
                 advertised_address: None,
                 drain_timeout: Duration::from_secs(1),
+                limits: crate::config::LimitsSection {
+                    max_status_watchers: 2,
+                    ..Default::default()
+                },
             },
             Instant::now(),
         )
         .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_watchers_are_bounded_and_a_closed_stream_frees_its_place() {
+        let process = process().await;
+        let request = WatchStatusRequest { interval_ms: 0 };
+        let first = respond(&process, &request, || 1u8).expect("first place");
+        let second = respond(&process, &request, || 2u8).expect("second place");
+        let refused = respond(&process, &request, || 3u8).expect_err("no third place");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("limits.max_status_watchers"), "{}", refused.message());
+        // The client leaves: the producer notices at its next send and gives the place back.
+        drop(first);
+        process.notify_status_changed();
+        let mut third = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Ok(stream) = respond(&process, &request, || 3u8) {
+                third = Some(stream);
+                break;
+            }
+        }
+        let mut third = third.expect("a place once the first stream closed").into_inner();
+        assert_eq!(third.next().await.expect("first").expect("ok"), 3);
+        drop(second);
     }
 
     #[test]
@@ -127,8 +169,12 @@ mod tests {
         let process = process().await;
         let counter = Arc::new(AtomicU32::new(0));
         let c = counter.clone();
-        let mut stream =
-            watch(&process, Duration::from_secs(10), move || c.fetch_add(1, Ordering::SeqCst));
+        let mut stream = watch(
+            &process,
+            Duration::from_secs(10),
+            move || c.fetch_add(1, Ordering::SeqCst),
+            None,
+        );
         assert_eq!(stream.next().await.expect("first").expect("ok"), 0);
 
         // A change is sent without waiting for the tick.
@@ -146,7 +192,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ends_on_shutdown() {
         let process = process().await;
-        let mut stream = watch(&process, Duration::from_secs(10), || 7u8);
+        let mut stream = watch(&process, Duration::from_secs(10), || 7u8, None);
         assert_eq!(stream.next().await.expect("first").expect("ok"), 7);
         process.shutdown().cancel();
         assert!(stream.next().await.is_none(), "stream must end after shutdown");

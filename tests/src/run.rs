@@ -27,7 +27,12 @@ impl TestRun {
     /// A run of `nodes` workers for `steps` steps, with `extra` `--set` overrides.
     pub fn new(nodes: u32, steps: u64, extra: &[&str]) -> Self {
         TestRun {
-            dir: tempfile::tempdir().expect("run dir"),
+            dir: tempfile::Builder::new()
+                .prefix("paretopo-run-")
+                // PARETOPO_KEEP_RUNS=1 keeps the run directories (logs, ledger) for a look after.
+                .disable_cleanup(std::env::var_os("PARETOPO_KEEP_RUNS").is_some())
+                .tempdir()
+                .expect("run dir"),
             coordinator: free_addr(),
             nodes,
             steps,

@@ -21,7 +21,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use paretopo_proto::v1::Role;
+use paretopo_proto::v1::tool_server_client::ToolServerClient;
+use paretopo_proto::v1::{GetStatusRequest, Role};
 use paretopo_tests::run::{
     TestRun, actor_status, coordinator_status, expect_clean_exit, final_ledger, learner_status,
     ledger_total, wait_until,
@@ -129,25 +130,65 @@ impl Cluster {
         *self.server(target) = restarted;
     }
 
-    /// The acknowledgements each actor has received.
+    /// The acknowledgements each actor has received. Checks on the way that no actor holds
+    /// more unacknowledged groups than its bound (`limits.actor_unacked_groups`, 4), however
+    /// long its learner has been away.
     async fn acks(&self) -> Vec<u64> {
         let mut acks = Vec::new();
         for actor in &self.actors {
-            acks.push(actor_status(actor).await.groups_acked);
+            let s = actor_status(actor).await;
+            assert!(s.groups_unacked <= 4, "an actor's outbox grew past its bound: {s:?}");
+            acks.push(s.groups_acked);
         }
         acks
     }
 
-    /// Waits until every node is back and live, the learner is past `step`, and every actor
-    /// has had more acknowledgements than `acks` (a restarted one: any).
-    async fn recovered(&mut self, step: u64, acks: &[u64], fresh: Option<usize>) {
+    /// The node id the coordinator gave `target`'s process; empty until it has registered.
+    async fn node_id(&self, target: Target) -> String {
+        let process = match target {
+            Target::Coordinator => return String::new(),
+            Target::ToolServer => {
+                ToolServerClient::new(self.tool_server.channel().await)
+                    .get_status(GetStatusRequest {})
+                    .await
+                    .expect("tool-server status")
+                    .into_inner()
+                    .process
+            }
+            Target::Learner => learner_status(&self.learner).await.process,
+            Target::Actor(i) => actor_status(&self.actors[i]).await.process,
+        };
+        process.map(|p| p.node_id).unwrap_or_default()
+    }
+
+    /// Waits until every node is back and live, the restarted `target` among them under its
+    /// own new registration (so its predecessor was marked lost first), the learner is past
+    /// `step`, and every actor has had more acknowledgements than `acks` (a restarted one: any).
+    async fn recovered(&mut self, target: Target, step: u64, acks: &[u64]) {
         for server in std::iter::once(&mut self.coordinator)
             .chain([&mut self.tool_server, &mut self.learner])
             .chain(self.actors.iter_mut())
         {
             server.wait_serving(Duration::from_secs(60)).await;
         }
+        let fresh = match target {
+            Target::Actor(a) => Some(a),
+            _ => None,
+        };
         let run = &self.run;
+        if target != Target::Coordinator {
+            let this = &*self;
+            wait_until(run, "the restarted node registered", Duration::from_secs(60), || async {
+                let id = this.node_id(target).await;
+                !id.is_empty()
+                    && coordinator_status(run)
+                        .await
+                        .nodes
+                        .iter()
+                        .any(|n| n.node_id == id && !n.lost)
+            })
+            .await;
+        }
         wait_until(run, "every node back in the run", Duration::from_secs(60), || async {
             let s = coordinator_status(run).await;
             s.rendezvous_complete && s.nodes.len() == 4 && s.nodes.iter().all(|n| !n.lost)
@@ -255,11 +296,7 @@ async fn chaos(seed: u64, faults: usize) -> Counts {
             targets.len()
         );
         cluster.kill_and_restart(target);
-        let fresh = match target {
-            Target::Actor(a) => Some(a),
-            _ => None,
-        };
-        cluster.recovered(step, &acks, fresh).await;
+        cluster.recovered(target, step, &acks).await;
     }
 
     // The run reaches its last step; the learner that is running then exits cleanly.

@@ -48,6 +48,7 @@ pub struct Toolbox {
     search: Option<SearchIndex>,
     search_top_k: u32,
     max_concurrent_calls: usize,
+    max_queued_calls: u32,
     default_deadline: Duration,
     max_deadline_ms: u32,
 }
@@ -71,6 +72,7 @@ impl Toolbox {
                 || std::thread::available_parallelism().map_or(1, usize::from),
                 |n| n as usize,
             ),
+            max_queued_calls: section.max_queued_calls,
             default_deadline: Duration::from_millis(section.default_deadline_ms.into()),
             max_deadline_ms: section.max_deadline_ms,
         })
@@ -309,6 +311,14 @@ impl ToolServer for ToolService {
         let request = request.into_inner();
         let toolbox = &self.state.toolbox;
         check_call(&request, toolbox.max_deadline_ms)?;
+        // The line is bounded: a call beyond it is refused now rather than held in memory.
+        let waiting = self.state.calls_queued.load(Ordering::Relaxed);
+        if waiting >= toolbox.max_queued_calls {
+            return Err(Status::resource_exhausted(format!(
+                "the tool-server's line is full ({waiting} calls waiting, \
+                 `tool_server.max_queued_calls`); try again later"
+            )));
+        }
         let deadline = match request.deadline_ms {
             0 => toolbox.default_deadline,
             ms => Duration::from_millis(ms.into()),
@@ -385,7 +395,14 @@ pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
     let service = ToolService::new(launch.process.clone(), toolbox);
     launch.metrics.registry_mut().register_collector(Box::new(service.stats()));
     tokio::spawn(join_the_run(launch.config.clone(), launch.process.clone(), service.stats()));
-    launch.serve(Routes::new(ToolServerServer::new(service))).await
+    let max_message = launch.max_message_bytes();
+    launch
+        .serve(Routes::new(
+            ToolServerServer::new(service)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        ))
+        .await
 }
 
 /// Registers with the coordinator and heartbeats the calls served, until shutdown. A
@@ -447,6 +464,7 @@ mod tests {
             metrics_address: None,
             advertised_address: None,
             drain_timeout: Duration::from_secs(1),
+            limits: Default::default(),
         };
         let toolbox = Toolbox::new(section, corpus).expect("toolbox");
         ToolService::new(Arc::new(Process::new(setup, Instant::now()).await), toolbox)
