@@ -453,6 +453,80 @@ fn check_register(request: &RegisterRequest) -> Result<(), Status> {
     if request.advertised_address.trim().is_empty() {
         return Err(Status::invalid_argument("advertised_address: must be host:port"));
     }
+    let texts = [
+        ("advertised_address", request.advertised_address.len()),
+        ("hostname", request.hostname.len()),
+        ("run_name", request.run_name.len()),
+        ("previous_node_id", request.previous_node_id.len()),
+        ("collective_address", request.collective_address.len()),
+    ];
+    if let Some((field, len)) = texts.iter().find(|(_, len)| *len > MAX_TEXT_BYTES) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: at most {MAX_TEXT_BYTES} bytes, got {len}"
+        )));
+    }
+    if request.nccl_unique_id.len() > MAX_NCCL_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "nccl_unique_id: at most {MAX_NCCL_ID_BYTES} bytes, got {}",
+            request.nccl_unique_id.len()
+        )));
+    }
+    if request.local_devices > MAX_LOCAL_DEVICES {
+        return Err(Status::invalid_argument(format!(
+            "local_devices: at most {MAX_LOCAL_DEVICES}, got {}",
+            request.local_devices
+        )));
+    }
+    if let Some(index) = request.learner_index
+        && index > MAX_LEARNER_INDEX
+    {
+        return Err(Status::invalid_argument(format!(
+            "learner_index: at most {MAX_LEARNER_INDEX}, got {index}"
+        )));
+    }
+    Ok(())
+}
+
+/// The longest address, host name, run name or node id a request may carry, in bytes.
+pub const MAX_TEXT_BYTES: usize = 256;
+/// The longest `last_error` a heartbeat may carry, in bytes.
+pub const MAX_ERROR_BYTES: usize = 4096;
+/// NCCL's unique id is 128 bytes.
+pub const MAX_NCCL_ID_BYTES: usize = 128;
+/// Devices one worker may bring (ranks are `u32`: this keeps every rank sum far from overflow).
+pub const MAX_LOCAL_DEVICES: u32 = 1024;
+/// The highest learner index (a Kubernetes completion index).
+pub const MAX_LEARNER_INDEX: u32 = 65_535;
+/// The most named metrics one report may carry, and the longest name.
+pub const MAX_METRICS: usize = 256;
+
+/// Checks a report's step and metrics; the error names the field.
+fn check_report(request: &ReportObjectivesRequest, total_steps: u64) -> Result<(), Status> {
+    if request.step == 0 {
+        return Err(Status::invalid_argument("step: steps count from 1"));
+    }
+    if request.step > total_steps {
+        return Err(Status::invalid_argument(format!(
+            "step: this run has {total_steps} steps, got {}",
+            request.step
+        )));
+    }
+    if request.metrics.len() > MAX_METRICS {
+        return Err(Status::invalid_argument(format!(
+            "metrics: at most {MAX_METRICS} entries, got {}",
+            request.metrics.len()
+        )));
+    }
+    if let Some((name, value)) = request
+        .metrics
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.len() > MAX_TEXT_BYTES || !v.is_finite())
+    {
+        return Err(Status::invalid_argument(format!(
+            "metrics: names need 1 to {MAX_TEXT_BYTES} bytes and values must be finite, got {:?} = {value}",
+            name.chars().take(64).collect::<String>()
+        )));
+    }
     Ok(())
 }
 
@@ -521,6 +595,16 @@ impl Coordinator for CoordinatorService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let request = request.into_inner();
+        for (field, len, max) in [
+            ("node_id", request.node_id.len(), MAX_TEXT_BYTES),
+            ("last_error", request.last_error.len(), MAX_ERROR_BYTES),
+        ] {
+            if len > max {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: at most {max} bytes, got {len}"
+                )));
+            }
+        }
         let state_reported =
             ProcessState::try_from(request.state).unwrap_or(ProcessState::Unspecified);
         let (known, epoch) = {
@@ -565,7 +649,7 @@ impl Coordinator for CoordinatorService {
         request: Request<ReportObjectivesRequest>,
     ) -> Result<Response<ReportObjectivesResponse>, Status> {
         let request = request.into_inner();
-        let mean = request.batch_mean.map(|m| m.values).unwrap_or_default();
+        let mean = request.batch_mean.as_ref().map(|m| m.values.clone()).unwrap_or_default();
         if mean.len() != self.objectives.len() {
             return Err(Status::invalid_argument(format!(
                 "batch_mean: needs {} values, one per objective, got {}",
@@ -578,9 +662,7 @@ impl Coordinator for CoordinatorService {
                 "batch_mean: every value must lie in [0, 1], got {bad}"
             )));
         }
-        if request.step == 0 {
-            return Err(Status::invalid_argument("step: steps count from 1"));
-        }
+        check_report(&request, self.total_steps)?;
         let message = {
             let mut state = self.lock();
             if !state.membership.is_rank_zero_learner(&request.node_id) {

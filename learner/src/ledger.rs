@@ -29,6 +29,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+/// The most actors the ledger keeps an account for; a group from one more is refused.
+pub const MAX_ACTORS: usize = 65_536;
+
 /// The most groups one gap may count lost: far more than a learner decides between two
 /// checkpoints.
 pub const MAX_GAP: u64 = 1 << 20;
@@ -91,6 +94,8 @@ pub enum Recorded {
     },
     /// Already counted: not counted again.
     Duplicate,
+    /// From an actor the ledger has no room for ([`MAX_ACTORS`]): refused, not counted.
+    Full,
     /// Skips ahead where no gap can be (see the module doc): refused, not counted.
     OutOfOrder {
         /// The sequence number the ledger expects next from that actor.
@@ -124,6 +129,9 @@ impl Ledger {
     /// Counts group `sequence` of `actor` in state `intake`, unless it was counted before.
     /// Sequence number 0 is not a group's (they start at 1): callers refuse it before.
     pub fn record(&mut self, actor: &str, sequence: u64, intake: Intake) -> Recorded {
+        if !self.accounts.contains_key(actor) && self.accounts.len() >= MAX_ACTORS {
+            return Recorded::Full;
+        }
         let first_heard = self.heard.insert(actor.to_owned());
         let account = self.accounts.entry(actor.to_owned()).or_default();
         if sequence <= account.through {

@@ -194,19 +194,35 @@ impl Shared {
         };
         let checked = intake::check_group(&group, limits);
         let version = self.policy_version.load(Ordering::Relaxed);
+        // Too old a policy is stale; so is one newer than this learner has published (sampled
+        // by a learner that died after its checkpoint, or claimed by a confused client): no
+        // policy this learner holds produced it.
         let intake = match &checked {
             Err(_) => Intake::Invalid,
-            Ok(_) if version.saturating_sub(group.policy_version) > self.max_staleness => {
+            Ok(_)
+                if version.saturating_sub(group.policy_version) > self.max_staleness
+                    || group.policy_version > version =>
+            {
                 Intake::Stale
             }
             Ok(_) => Intake::Queued,
         };
-        // A group without an identity cannot be counted; intake refuses it by name.
-        if !group.actor_id.is_empty() && group.group_seq > 0 {
+        // A group without a valid identity cannot be counted (nor its id stored); intake
+        // refuses it by name.
+        let identified = !group.actor_id.is_empty()
+            && group.actor_id.len() <= intake::MAX_ID_BYTES
+            && group.group_seq > 0;
+        if identified {
             match self.ledger().record(&group.actor_id, group.group_seq, intake) {
                 Recorded::Duplicate => {
                     self.duplicate.fetch_add(1, Ordering::Relaxed);
                     return Ok((GroupOutcome::Duplicate, String::new()));
+                }
+                Recorded::Full => {
+                    return Err(Status::resource_exhausted(format!(
+                        "actor_id: the ledger holds {} actors already",
+                        crate::ledger::MAX_ACTORS
+                    )));
                 }
                 Recorded::OutOfOrder { expected } => {
                     return Err(Status::invalid_argument(format!(

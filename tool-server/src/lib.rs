@@ -281,10 +281,26 @@ impl Drop for Gauge<'_> {
     }
 }
 
+/// The longest tool name or caller id, in bytes.
+pub const MAX_TOOL_NAME_BYTES: usize = 128;
+/// The longest arguments object, in bytes (each tool bounds its own inputs further).
+pub const MAX_ARGUMENTS_BYTES: usize = 64 << 10;
+
 /// Checks a call request against `max_deadline_ms`; the error names the field.
 fn check_call(request: &ToolCallRequest, max_deadline_ms: u32) -> Result<(), Status> {
     if request.tool.trim().is_empty() {
         return Err(Status::invalid_argument("tool: must name a tool"));
+    }
+    for (field, len, max) in [
+        ("tool", request.tool.len(), MAX_TOOL_NAME_BYTES),
+        ("caller_id", request.caller_id.len(), MAX_TOOL_NAME_BYTES),
+        ("arguments_json", request.arguments_json.len(), MAX_ARGUMENTS_BYTES),
+    ] {
+        if len > max {
+            return Err(Status::invalid_argument(format!(
+                "{field}: at most {max} bytes, got {len}"
+            )));
+        }
     }
     if request.deadline_ms > max_deadline_ms {
         return Err(Status::invalid_argument(format!(
