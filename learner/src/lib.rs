@@ -13,7 +13,7 @@ pub mod checkpoint;
 pub mod collective;
 pub mod estimator;
 pub mod eval;
-pub mod intake;
+pub use paretopo_intake as intake;
 pub mod ledger;
 pub mod loss;
 pub mod nccl;

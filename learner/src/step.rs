@@ -13,25 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::loss::{LossConfig, LossInputs, LossStats, policy_loss};
 
-/// A trajectory as the learner trains on it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// Prompt and completion token ids.
-    pub tokens: Vec<i64>,
-    /// Per token, whether the policy generated it (false for the prompt and tool output).
-    pub generated: Vec<bool>,
-    /// Per token, the log-prob it was sampled with (read only where `generated`).
-    pub old_logprobs: Vec<f32>,
-    /// The trajectory's advantage.
-    pub advantage: f64,
-}
-
-impl Sample {
-    /// Tokens the policy generated.
-    pub fn generated_tokens(&self) -> usize {
-        self.generated.iter().filter(|g| **g).count()
-    }
-}
+pub use paretopo_intake::Sample;
 
 /// What one rank's backward pass gives.
 #[derive(Debug)]

@@ -16,6 +16,7 @@
 pub mod advantages;
 pub mod archive;
 pub mod crowding;
+pub mod csv;
 pub mod dominance;
 pub mod hv;
 pub mod hvc;

@@ -168,45 +168,13 @@ fn format_f64(value: f64) -> String {
     }
 }
 
-/// Reads a CSV of points: returns the row-major values and M. Errors name the line.
+/// Reads a CSV of points: returns the row-major values and M. Errors name the file and line.
 fn read_points(path: &Path) -> Result<(Vec<f64>, usize), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut data = Vec::new();
-    let mut m = None;
-    for (index, line) in text.lines().enumerate() {
-        let number = index + 1;
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let mut count = 0;
-        for field in line.split(',') {
-            let field = field.trim();
-            let value: f64 = field
-                .parse()
-                .map_err(|_| format!("{}:{number}: {field:?} is not a number", path.display()))?;
-            if !value.is_finite() {
-                return Err(format!(
-                    "{}:{number}: {field:?} is not a finite number",
-                    path.display()
-                ));
-            }
-            data.push(value);
-            count += 1;
-        }
-        match m {
-            None => m = Some(count),
-            Some(expected) if expected != count => {
-                return Err(format!(
-                    "{}:{number}: {count} values, but the first point has {expected}",
-                    path.display()
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    let m = m.ok_or_else(|| format!("{}: no points", path.display()))?;
-    Ok((data, m))
+    pareto::csv::parse_points(&text).map_err(|e| match e.line {
+        0 => format!("{}: {}", path.display(), e.message),
+        line => format!("{}:{line}: {}", path.display(), e.message),
+    })
 }
 
 fn parse_reference(text: &str, m: usize) -> Result<Vec<f64>, String> {

@@ -777,18 +777,31 @@ impl RunConfig {
     /// (`section.key=value`, the value in TOML syntax, a bare word taken as a string), and checks
     /// every key.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
-        let (origin, mut table) = match path {
+        match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                let table = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
-                    path: path.to_owned(),
-                    message: e.message().to_owned() + &line_of(&text, e.span()),
-                })?;
-                (format!("config file {}", path.display()), table)
+                Self::from_text(&text, path, overrides)
             }
-            None => ("config".to_owned(), toml::Table::new()),
-        };
+            None => Self::from_table(toml::Table::new(), "config".to_owned(), overrides),
+        }
+    }
+
+    /// Parses `text` (the contents of the config file `path`, named in errors), applies
+    /// `overrides` and checks every key, as [`RunConfig::load`] does.
+    pub fn from_text(text: &str, path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let table = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.message().to_owned() + &line_of(text, e.span()),
+        })?;
+        Self::from_table(table, format!("config file {}", path.display()), overrides)
+    }
+
+    fn from_table(
+        mut table: toml::Table,
+        origin: String,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
         for arg in overrides {
             apply_override(&mut table, arg)?;
         }

@@ -2,10 +2,32 @@
 //! could break a step or poison the gradient is checked, and an error names the field (it
 //! becomes the `INVALID_ARGUMENT` the actor sees). What passes becomes plain [`Sample`]s and
 //! objective vectors.
+//!
+//! This is the learner's first line against bad input, kept apart from it so that it has no
+//! tch and can be fuzzed (`fuzz/`, target `trajectory_validator`). It is not the ledger (which
+//! counts groups) nor the staleness rule (which needs the learner's policy version).
 
 use paretopo_proto::v1;
 
-use crate::step::Sample;
+/// One trajectory as a step trains on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Prompt and completion token ids.
+    pub tokens: Vec<i64>,
+    /// Per token, whether the policy generated it (false for the prompt and tool output).
+    pub generated: Vec<bool>,
+    /// Per token, the log-prob it was sampled with (read only where `generated`).
+    pub old_logprobs: Vec<f32>,
+    /// The trajectory's advantage.
+    pub advantage: f64,
+}
+
+impl Sample {
+    /// Tokens the policy generated.
+    pub fn generated_tokens(&self) -> usize {
+        self.generated.iter().filter(|g| **g).count()
+    }
+}
 
 /// What is wrong with a group; the message starts with the field's path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
