@@ -11,7 +11,8 @@
 //!   a plain TCP socket on loopback. The target is within 2x.
 //!
 //! Run with `./dev bench transport` or
-//! `cargo bench -p learner --bench transport -- [--groups N] [--dtype f32|bf16] [--rounds N]`.
+//! `cargo bench -p learner --bench transport -- [--groups N] [--connections N] [--dtype f32|bf16]
+//! [--rounds N] [--ingest-only]`.
 //! Server and clients share this machine's cores; the numbers include that.
 
 use std::io::{Read, Write as _};
@@ -35,24 +36,31 @@ use tch::{Device, Kind};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-const CONNECTIONS: usize = 4;
 const GROUP_SIZE: usize = 8;
 const TOKENS: usize = 1024;
 
 struct Args {
     groups: usize,
+    connections: usize,
     kind: Kind,
     rounds: usize,
+    ingest_only: bool,
 }
 
 fn args() -> Args {
-    let mut args = Args { groups: 200, kind: Kind::Float, rounds: 3 };
+    let mut args =
+        Args { groups: 200, connections: 4, kind: Kind::Float, rounds: 3, ingest_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--groups" => {
                 args.groups = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.groups)
             }
+            "--connections" => {
+                args.connections =
+                    it.next().and_then(|v| v.parse().ok()).unwrap_or(args.connections)
+            }
+            "--ingest-only" => args.ingest_only = true,
             "--rounds" => {
                 args.rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.rounds)
             }
@@ -168,15 +176,21 @@ async fn client(address: SocketAddr) -> LearnerClient<tonic::transport::Channel>
     LearnerClient::new(channel)
 }
 
-/// Streams `groups` groups from each of 4 connections; returns (seconds, trajectories, bytes).
-async fn ingest(address: SocketAddr, groups: usize, round: usize) -> (f64, usize, usize) {
+/// Streams `groups` groups from each of `connections` actors (a connection each); returns
+/// (seconds, trajectories, bytes).
+async fn ingest(
+    address: SocketAddr,
+    groups: usize,
+    connections: usize,
+    round: usize,
+) -> (f64, usize, usize) {
     let bytes_per_group = group(0, 1).encoded_len();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for actor in 0..CONNECTIONS {
+    for actor in 0..connections {
         let mut client = client(address).await;
         tasks.push(tokio::spawn(async move {
-            let id = actor + CONNECTIONS * round;
+            let id = actor + connections * round;
             let (tx, rx) = tokio::sync::mpsc::channel(8);
             let sender = tokio::spawn(async move {
                 for seq in 1..=groups as u64 {
@@ -203,7 +217,7 @@ async fn ingest(address: SocketAddr, groups: usize, round: usize) -> (f64, usize
         task.await.expect("client");
     }
     let seconds = started.elapsed().as_secs_f64();
-    let total = groups * CONNECTIONS;
+    let total = groups * connections;
     (seconds, total * GROUP_SIZE, total * bytes_per_group)
 }
 
@@ -364,10 +378,11 @@ fn main() {
         let config = ModelConfig::named("qwen2.5-0.5b").expect("config");
         let (address, shared, _process) = serve(config.vocab_size).await;
 
-        println!("ingest: {CONNECTIONS} connections x {} groups of {GROUP_SIZE} trajectories x {TOKENS} tokens", args.groups);
+        println!("ingest: {} connections x {} groups of {GROUP_SIZE} trajectories x {TOKENS} tokens", args.connections, args.groups);
         let mut rates = Vec::new();
         for round in 0..args.rounds {
-            let (seconds, trajectories, bytes) = ingest(address, args.groups, round).await;
+            let (seconds, trajectories, bytes) =
+                ingest(address, args.groups, args.connections, round).await;
             let (tps, mbps) = (trajectories as f64 / seconds, bytes as f64 / seconds / 1e6);
             println!("  round {round}: {trajectories} trajectories in {seconds:.2} s: {tps:.0} trajectories/s, {mbps:.0} MB/s");
             rates.push((tps, mbps));
@@ -375,6 +390,9 @@ fn main() {
         let tps = median(rates.iter().map(|r| r.0).collect());
         let mbps = median(rates.iter().map(|r| r.1).collect());
         println!("  median: {tps:.0} trajectories/s, {mbps:.0} MB/s");
+        if args.ingest_only {
+            return;
+        }
 
         let model = Qwen2::zeros(config, args.kind, Device::Cpu);
         model.init_random(0);

@@ -146,6 +146,7 @@ mod intake_queue {
     fn numbered(seq: u64) -> paretopo_proto::v1::TrajectoryGroup {
         let (mut g, _) = group();
         g.group_seq = seq;
+        g.policy_version = 0; // the learner's own, as it has published nothing newer
         g
     }
 
