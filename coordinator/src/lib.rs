@@ -59,7 +59,7 @@ struct State {
     latest_mean: Option<Vec<f64>>,
     latest_metrics: HashMap<String, f64>,
     /// Batch means in step order, for the plot's policy path.
-    mean_path: Vec<Vec<f64>>,
+    mean_path: MeanPath,
     /// (when, trajectories) of recent reports, for trajectories per second.
     recent: VecDeque<(Instant, u32)>,
     sequence: u64,
@@ -123,14 +123,18 @@ impl CoordinatorService {
                 let collective = (saved.collective_address, saved.nccl_unique_id);
                 (
                     steering,
-                    saved.mean_path,
+                    MeanPath::restore(
+                        saved.mean_path,
+                        saved.mean_path_stride,
+                        saved.mean_path_offered,
+                    ),
                     saved.sequence,
                     saved.computed_at_step,
                     membership.unwrap_or(fresh),
                     collective,
                 )
             }
-            None => (steering, Vec::new(), 0, 0, fresh, (String::new(), Vec::new())),
+            None => (steering, MeanPath::default(), 0, 0, fresh, (String::new(), Vec::new())),
         };
         let state = State {
             membership: membership.with_plan(config.cluster.role_plan()),
@@ -352,7 +356,7 @@ impl CoordinatorService {
         let result = std::fs::create_dir_all(dir)
             .and_then(|()| run_files::write_frontier(dir, &self.objectives, &frontier))
             .and_then(|()| match self.plot_axes {
-                Some(axes) => run_files::write_plot(dir, axes, &frontier, &state.mean_path),
+                Some(axes) => run_files::write_plot(dir, axes, &frontier, &state.mean_path.points),
                 None => Ok(()),
             })
             .and_then(|()| self.write_state(state));
@@ -366,7 +370,9 @@ impl CoordinatorService {
     fn write_state(&self, state: &State) -> std::io::Result<()> {
         let saved = SavedCoordinator {
             steering: state.steering.save(),
-            mean_path: state.mean_path.clone(),
+            mean_path: state.mean_path.points.clone(),
+            mean_path_stride: state.mean_path.stride,
+            mean_path_offered: state.mean_path.offered,
             sequence: state.sequence,
             computed_at_step: state.computed_at_step,
             membership: self.complete.borrow().then(|| state.membership.save()),
@@ -388,6 +394,64 @@ impl CoordinatorService {
     }
 }
 
+/// The most batch means the plotted path keeps (a long run's path is thinned to this).
+pub const MEAN_PATH_POINTS: usize = 1024;
+
+/// The batch means of the run's steps, for the frontier plot: every step's at first, then, each
+/// time [`MEAN_PATH_POINTS`] are held, every other one and every other step from then on. The
+/// points stay evenly spaced, and memory and the state file stay bounded however long the run.
+#[derive(Debug, Clone, PartialEq)]
+struct MeanPath {
+    points: Vec<Vec<f64>>,
+    /// Every `stride`-th step's mean is kept.
+    stride: u64,
+    /// Means offered so far.
+    offered: u64,
+}
+
+impl Default for MeanPath {
+    fn default() -> Self {
+        MeanPath { points: Vec::new(), stride: 1, offered: 0 }
+    }
+}
+
+impl MeanPath {
+    /// A saved path; `offered` 0 (older files) is taken as one mean per point.
+    fn restore(points: Vec<Vec<f64>>, stride: u64, offered: u64) -> Self {
+        let stride = stride.max(1);
+        let offered = if offered == 0 { points.len() as u64 * stride } else { offered };
+        let mut path = MeanPath { points, stride, offered };
+        while path.points.len() > MEAN_PATH_POINTS {
+            path.thin();
+        }
+        path
+    }
+
+    fn thin(&mut self) {
+        let mut keep = false;
+        self.points.retain(|_| {
+            keep = !keep;
+            keep
+        });
+        self.stride *= 2;
+    }
+
+    fn push(&mut self, mean: Vec<f64>) {
+        let index = self.offered;
+        self.offered += 1;
+        if index % self.stride != 0 {
+            return;
+        }
+        if self.points.len() >= MEAN_PATH_POINTS {
+            self.thin();
+            if index % self.stride != 0 {
+                return;
+            }
+        }
+        self.points.push(mean);
+    }
+}
+
 /// The coordinator's file in the run directory that a restarted run goes on from.
 pub const STATE_FILE: &str = "coordinator_state.json";
 
@@ -396,6 +460,12 @@ pub const STATE_FILE: &str = "coordinator_state.json";
 struct SavedCoordinator {
     steering: steering::SavedSteering,
     mean_path: Vec<Vec<f64>>,
+    /// The mean path keeps every `mean_path_stride`-th step's mean (absent in older files: 1).
+    #[serde(default)]
+    mean_path_stride: u64,
+    /// Means offered to the path so far (absent in older files).
+    #[serde(default)]
+    mean_path_offered: u64,
     sequence: u64,
     computed_at_step: u64,
     /// Who was in the run, once the rendezvous had completed (absent in older files).
@@ -766,6 +836,29 @@ pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mean_path_stays_bounded_and_evenly_spaced() {
+        let mut path = MeanPath::default();
+        for step in 0..100_000u32 {
+            path.push(vec![f64::from(step)]);
+            assert!(path.points.len() <= MEAN_PATH_POINTS, "{} at step {step}", path.points.len());
+        }
+        // Every kept mean is the stride-th: step 0, stride, 2 x stride, ...
+        let steps: Vec<u64> = path.points.iter().map(|p| p[0] as u64).collect();
+        let expected: Vec<u64> = (0..steps.len() as u64).map(|i| i * path.stride).collect();
+        assert_eq!(steps, expected);
+        assert!(path.points.len() > MEAN_PATH_POINTS / 2, "{}", path.points.len());
+        assert!(99_999 - steps[steps.len() - 1] < path.stride);
+        // A saved path goes on the same way.
+        let mut again = MeanPath::restore(path.points.clone(), path.stride, path.offered);
+        let mut original = path.clone();
+        for step in 100_000..130_000u32 {
+            original.push(vec![f64::from(step)]);
+            again.push(vec![f64::from(step)]);
+        }
+        assert_eq!(again.points, original.points);
+    }
 
     #[test]
     fn registrations_are_checked_field_by_field() {

@@ -26,7 +26,7 @@ pub struct SavedSteering {
     pub stage: u8,
     /// The step Stage 2 began at.
     pub switch_step: u64,
-    /// HV after each step.
+    /// HV after each of the last `switch_window + 1` steps, oldest first.
     pub hv_history: Vec<f64>,
     /// The last step reported.
     pub last_step: u64,
@@ -172,11 +172,18 @@ impl Steering {
         if step <= self.last_step {
             return self.current(false);
         }
+        let skipped = step - self.last_step;
         self.last_step = step;
         let result = self.stage1.update(step, batch_mean);
-        // hv_history[t - 1] is HV(A_t); steps skipped by a lost report repeat the last value.
-        while (self.hv_history.len() as u64) < step {
+        // The HV after each of the last steps, ending with HV(A_step); steps skipped by a lost
+        // report repeat the last value. The switch reads only the last `window + 1`, so only
+        // those are kept: a long run's state stays the same size.
+        let keep = self.switch.window + 1;
+        for _ in 0..skipped.min(keep as u64) {
             self.hv_history.push(result.hypervolume);
+        }
+        if self.hv_history.len() > keep {
+            self.hv_history.drain(..self.hv_history.len() - keep);
         }
         if self.stage == 1 {
             self.weights = result.weights;

@@ -277,18 +277,19 @@ impl StageSwitch {
         }
     }
 
-    /// Whether to switch at step `t`, given `hv_history[i] = HV(A_{i+1})` for every step so far
-    /// (so `hv_history.len() >= t`).
-    pub fn should_switch(&self, t: u64, hv_history: &[f64]) -> bool {
+    /// Whether to switch at step `t`, given `recent`: HV(A_i) for the last steps, oldest first,
+    /// ending with HV(A_t). Only the last `window + 1` values are read, so a caller need keep
+    /// no more than those.
+    pub fn should_switch(&self, t: u64, recent: &[f64]) -> bool {
         if t >= self.t_max {
             return true;
         }
-        let w = self.window as u64;
-        if t < self.t_min || t <= w || (hv_history.len() as u64) < t {
+        let w = self.window;
+        if t < self.t_min || t <= w as u64 || recent.len() <= w {
             return false;
         }
-        let now = hv_history[(t - 1) as usize];
-        let before = hv_history[(t - 1 - w) as usize];
+        let now = recent[recent.len() - 1];
+        let before = recent[recent.len() - 1 - w];
         now - before < self.tau_rel * before.max(EPS)
     }
 }
@@ -394,15 +395,18 @@ mod tests {
         assert_eq!((switch.t_min, switch.t_max), (20, 50));
         // HV grows 5% a step: never stalls, so the switch comes at t_max.
         let growing: Vec<f64> = (0..60).map(|t| 1.05f64.powi(t)).collect();
-        let first = (1..=60).find(|&t| switch.should_switch(t, &growing));
+        let first = (1..=60).find(|&t| switch.should_switch(t, &growing[..t as usize]));
         assert_eq!(first, Some(50));
         // HV flat from step 5 on: stalls as soon as t >= t_min.
         let flat: Vec<f64> = (0..60).map(|t| f64::from(t.min(5))).collect();
-        let first = (1..=60).find(|&t| switch.should_switch(t, &flat));
+        let first = (1..=60).find(|&t| switch.should_switch(t, &flat[..t as usize]));
         assert_eq!(first, Some(20));
         // Stalled but before t_min or within the first window: no switch.
         let short = StageSwitch { t_min: 1, ..switch };
-        assert!(!short.should_switch(10, &flat));
-        assert!(short.should_switch(16, &flat));
+        assert!(!short.should_switch(10, &flat[..10]));
+        assert!(short.should_switch(16, &flat[..16]));
+        // Only the window's worth of history is read.
+        assert!(short.should_switch(16, &flat[16 - 11..16]));
+        assert!(!short.should_switch(16, &flat[16 - 10..16]), "fewer than W + 1 values");
     }
 }

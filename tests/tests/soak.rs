@@ -1,8 +1,13 @@
 //! The soak (issue #10, point 7; slow tier): the quickstart topology (coordinator, tool-server,
 //! learner, two actors) trains for `SOAK_MINUTES` (default 30) while the resident memory of
-//! every process is sampled once a minute. Passes when no process grows by 10% or more from
-//! its sample at minute 5 to its last one, and the run is still training at the end. Prints
-//! the series (MB per process per minute).
+//! every process is sampled once a minute. Passes when no process grows by 10% or more after
+//! the first five minutes, and the run is still training at the end. Prints the series (MB per
+//! process per minute).
+//!
+//! "Grows" compares peaks, not single samples: the learner's resident memory swings by a
+//! quarter from one minute to the next as the allocator takes and returns tensor buffers
+//! (580 to 960 MB in one run, with no trend), so one sample against another measures the
+//! swing. The peak of the last five samples must stay below 1.1 x the peak of minutes 5 to 9.
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +32,7 @@ fn rss_mb(server: &Server) -> f64 {
 async fn thirty_minutes_of_training_grow_no_process_by_ten_percent_after_minute_five() {
     let minutes: usize =
         std::env::var("SOAK_MINUTES").ok().and_then(|m| m.parse().ok()).unwrap_or(30);
-    assert!(minutes > 6, "SOAK_MINUTES must leave samples after minute 5");
+    assert!(minutes >= 14, "SOAK_MINUTES must leave two five-minute windows after minute 5");
     // The quickstart's training settings (groups of 8, 8 groups a step, the default prompt
     // batch, budget and checkpoint interval), a short warm start, and steps enough never to
     // finish.
