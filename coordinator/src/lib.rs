@@ -439,12 +439,12 @@ impl MeanPath {
     fn push(&mut self, mean: Vec<f64>) {
         let index = self.offered;
         self.offered += 1;
-        if index % self.stride != 0 {
+        if !index.is_multiple_of(self.stride) {
             return;
         }
         if self.points.len() >= MEAN_PATH_POINTS {
             self.thin();
-            if index % self.stride != 0 {
+            if !index.is_multiple_of(self.stride) {
                 return;
             }
         }
