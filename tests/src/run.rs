@@ -11,6 +11,8 @@ use paretopo_proto::v1::{
     ActorStatus, CoordinatorStatus, GetStatusRequest, LearnerStatus, actor_client::ActorClient,
 };
 
+use sha2::{Digest, Sha256};
+
 use crate::{Server, free_addr, workspace_root};
 
 /// A run's settings for a test: tiny, short, with fast heartbeats.
@@ -26,12 +28,17 @@ pub struct TestRun {
 impl TestRun {
     /// A run of `nodes` workers for `steps` steps, with `extra` `--set` overrides.
     pub fn new(nodes: u32, steps: u64, extra: &[&str]) -> Self {
+        Self::in_dir(&std::env::temp_dir(), nodes, steps, extra)
+    }
+
+    /// Like [`TestRun::new`], with the run directory made inside `parent`.
+    pub fn in_dir(parent: &Path, nodes: u32, steps: u64, extra: &[&str]) -> Self {
         TestRun {
             dir: tempfile::Builder::new()
                 .prefix("paretopo-run-")
                 // PARETOPO_KEEP_RUNS=1 keeps the run directories (logs, ledger) for a look after.
                 .disable_cleanup(std::env::var_os("PARETOPO_KEEP_RUNS").is_some())
-                .tempdir()
+                .tempdir_in(parent)
                 .expect("run dir"),
             coordinator: free_addr(),
             nodes,
@@ -205,4 +212,20 @@ pub async fn start_run(run: &TestRun, actors: usize) -> (Server, Server, Server,
         actor.wait_serving(Duration::from_secs(60)).await;
     }
     (coordinator, tool_server, learner, started)
+}
+
+/// Every file the manifest lists has its size and SHA-256, computed here independently.
+pub fn verify_manifest(dir: &Path) {
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("manifest.json")).expect("manifest.json"),
+    )
+    .expect("manifest is JSON");
+    let files = manifest["files"].as_object().expect("files");
+    assert!(files.contains_key("model.safetensors"), "{manifest}");
+    for (name, entry) in files {
+        let bytes = std::fs::read(dir.join(name)).expect("a listed file");
+        assert_eq!(bytes.len() as u64, entry["bytes"].as_u64().expect("bytes"), "{name}");
+        let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(digest, entry["sha256"].as_str().expect("sha256"), "{name}");
+    }
 }

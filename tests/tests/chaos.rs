@@ -25,10 +25,9 @@ use paretopo_proto::v1::tool_server_client::ToolServerClient;
 use paretopo_proto::v1::{GetStatusRequest, Role};
 use paretopo_tests::run::{
     TestRun, actor_status, coordinator_status, expect_clean_exit, final_ledger, learner_status,
-    ledger_total, wait_until,
+    ledger_total, verify_manifest, wait_until,
 };
 use paretopo_tests::{Server, binary, free_addr, workspace_root};
-use sha2::{Digest, Sha256};
 
 const GROUPS_PER_STEP: u64 = 2; // TestRun's setting
 const CHECKPOINT_EVERY: u64 = 3;
@@ -407,22 +406,6 @@ async fn chaos(seed: u64, faults: usize) -> Counts {
     counts.seconds = started.elapsed().as_secs_f64();
     eprintln!("seed {seed}: {counts:?}");
     counts
-}
-
-/// Every file the manifest lists has its size and SHA-256, computed here independently.
-fn verify_manifest(dir: &Path) {
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("manifest.json")).expect("manifest.json"),
-    )
-    .expect("manifest is JSON");
-    let files = manifest["files"].as_object().expect("files");
-    assert!(files.contains_key("model.safetensors"), "{manifest}");
-    for (name, entry) in files {
-        let bytes = std::fs::read(dir.join(name)).expect("a listed file");
-        assert_eq!(bytes.len() as u64, entry["bytes"].as_u64().expect("bytes"), "{name}");
-        let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(digest, entry["sha256"].as_str().expect("sha256"), "{name}");
-    }
 }
 
 /// The logs of every process started as `prefix-<n>`, concatenated.
