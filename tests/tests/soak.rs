@@ -5,9 +5,8 @@
 //! process per minute).
 //!
 //! "Grows" compares peaks, not single samples: the learner's resident memory swings by a
-//! quarter from one minute to the next as the allocator takes and returns tensor buffers
-//! (580 to 960 MB in one run, with no trend), so one sample against another measures the
-//! swing. The peak of the last five samples must stay below 1.1 x the peak of minutes 5 to 9.
+//! quarter or more from one minute to the next as the allocator takes and returns tensor
+//! buffers (578 to 1,218 MB over two runs), so one sample against another measures the swing. The peak of the last five samples must stay below 1.1 x the peak of minutes 5 to 9.
 
 use std::time::{Duration, Instant};
 
@@ -75,15 +74,21 @@ async fn thirty_minutes_of_training_grow_no_process_by_ten_percent_after_minute_
         );
     }
     let step = learner_status(&learner).await.step;
+    let peak = |s: &[f64]| s.iter().copied().fold(0.0, f64::max);
+    // Print every series first, so that a failure shows them all.
     for (name, samples) in names.iter().zip(&series) {
-        let (at_five, last) = (samples[5], samples[samples.len() - 1]);
         eprintln!(
             "soak {name}: {}",
             samples.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" ")
         );
+    }
+    for (name, samples) in names.iter().zip(&series) {
+        let early = peak(&samples[5..10]);
+        let late = peak(&samples[samples.len() - 5..]);
         assert!(
-            last < at_five * 1.10,
-            "{name} grew from {at_five:.1} MB at minute 5 to {last:.1} MB at minute {minutes}"
+            late < early * 1.10,
+            "{name}: the peak of the last five minutes, {late:.1} MB, is 10% or more above \
+             the peak of minutes 5 to 9, {early:.1} MB"
         );
     }
     assert!(step > 1, "the run kept training: step {step}");
