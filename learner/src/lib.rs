@@ -16,6 +16,7 @@ pub mod eval;
 pub use paretopo_intake as intake;
 pub mod ledger;
 pub mod loss;
+pub mod malloc;
 pub mod nccl;
 pub mod runtime;
 pub mod step;
@@ -306,7 +307,11 @@ impl Learner for LearnerService {
 /// a checkpoint and exits 0). A training failure stops the process with the error.
 pub async fn run(mut launch: Launch) -> anyhow::Result<()> {
     let device = policy::device_from_setting(&launch.config.model.device)?;
-    tracing::info!(device = %policy::device_name(device), "compute device");
+    tracing::info!(
+        device = %policy::device_name(device),
+        malloc_arena_cap = ?malloc::applied_cap(),
+        "compute device"
+    );
     let (shared, queue) = Shared::new(&launch.config);
     let service = LearnerService::new(
         launch.process.clone(),

@@ -20,6 +20,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: see learner/src/malloc.rs.
+    learner::malloc::cap_arenas();
     let cli = Cli::parse();
     run_main(Role::Learner, service_names::LEARNER, cli.common, learner::run)
 }
