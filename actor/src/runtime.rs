@@ -24,7 +24,8 @@ use anyhow::{Context, bail};
 use paretopo_proto::v1::learner_client::LearnerClient;
 use paretopo_proto::v1::{GroupOutcome, TrajectoryGroup, WatchPolicyRequest};
 use paretopo_service::cluster::{self, Backoff, Progress};
-use paretopo_service::{Process, RunConfig};
+use paretopo_service::security::Security;
+use paretopo_service::{Process, Role, RunConfig};
 use policy::{Qwen2, Sampler, Session, Tokenizer};
 use tasks::datasets::{self, Example};
 use tch::Device;
@@ -128,6 +129,7 @@ pub async fn work(
     }
     let (policy_tx, policy_rx) = watch::channel(None);
     tokio::spawn(follow_policy(
+        process.security().clone(),
         learner.clone(),
         member.node_id.clone(),
         config.cluster.weights_transport == "tcp",
@@ -137,6 +139,7 @@ pub async fn work(
     let (groups_tx, groups_rx) = mpsc::channel(2);
     let max_unacked = config.limits.actor_unacked_groups.max(1) as usize;
     tokio::spawn(push_groups(
+        process.security().clone(),
         learner,
         groups_rx,
         max_unacked,
@@ -146,9 +149,9 @@ pub async fn work(
 
     let tools = GrpcTools::new(
         tokio::runtime::Handle::current(),
-        &format!("http://{tool_server}"),
+        process.security().channel(&tool_server, Role::ToolServer)?,
         ToolClientConfig { caller_id: member.node_id.clone(), ..Default::default() },
-    )?;
+    );
     let sampler = SamplerSetup {
         config,
         task,
@@ -327,9 +330,11 @@ fn to_group(
 }
 
 /// Subscribes to the learner's policy versions until shutdown, reconnecting with backoff.
-/// With `raw_tcp`, the stream carries notices and each version's bytes come over plain TCP
+/// With `raw_tcp`, the stream carries notices and each version's bytes come over TCP (TLS
+/// when TLS is on)
 /// ([`fetch_raw`]); otherwise the stream carries the chunks.
 pub async fn follow_policy(
+    security: Arc<Security>,
     learner: String,
     node_id: String,
     raw_tcp: bool,
@@ -340,7 +345,7 @@ pub async fn follow_policy(
     loop {
         let have_version = newest.borrow().as_ref().map_or(0, |v| v.version + 1);
         let result = async {
-            let mut client = LearnerClient::new(cluster::channel(&learner)?);
+            let mut client = LearnerClient::new(security.channel(&learner, Role::Learner)?);
             let request = WatchPolicyRequest { node_id: node_id.clone(), have_version, raw_tcp };
             let mut stream = client.watch_policy(request).await?.into_inner();
             let mut assembler = Assembler::default();
@@ -349,7 +354,8 @@ pub async fn follow_policy(
             while let Some(chunk) = stream.message().await? {
                 if !chunk.raw_address.is_empty() {
                     let version =
-                        fetch_raw(&chunk.raw_address, chunk.version, staging.take()).await?;
+                        fetch_raw(&security, &chunk.raw_address, chunk.version, staging.take())
+                            .await?;
                     tracing::debug!(version = version.version, "fetched a policy version over TCP");
                     let old = newest.send_replace(Some(Arc::new(version)));
                     staging = old.and_then(|old| Arc::try_unwrap(old).ok());
@@ -381,22 +387,25 @@ pub async fn follow_policy(
 /// buffers are what makes this path fast), into `staging`'s buffers where they fit. Every
 /// read and write times out after two minutes.
 pub async fn fetch_raw(
+    security: &Security,
     address: &str,
     version: u64,
     staging: Option<PolicyVersion>,
 ) -> anyhow::Result<PolicyVersion> {
-    let stream = tokio::net::TcpStream::connect(address)
+    let tcp = tokio::net::TcpStream::connect(address)
         .await
         .with_context(|| format!("connecting to the weights port {address}"))?
         .into_std()?;
+    tcp.set_nonblocking(false)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(120)))?;
+    let stream = security.connect_blocking(tcp, Role::Learner)?;
     let fetch = move || -> std::io::Result<PolicyVersion> {
         use std::io::Write as _;
         let mut stream = stream;
-        stream.set_nonblocking(false)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(120)))?;
         stream.write_all(&version.to_le_bytes())?;
+        stream.flush()?;
         crate::weights::read_raw(&mut std::io::BufReader::with_capacity(1 << 16, stream), staging)
     };
     tokio::task::spawn_blocking(fetch)
@@ -409,6 +418,7 @@ pub async fn fetch_raw(
 /// after a lost connection, reconnects with backoff and sends the unacknowledged groups again
 /// first.
 pub async fn push_groups(
+    security: Arc<Security>,
     learner: String,
     mut groups: mpsc::Receiver<TrajectoryGroup>,
     max_unacked: usize,
@@ -420,7 +430,7 @@ pub async fn push_groups(
     let mut failures = 0u64;
     loop {
         let connection = async {
-            let mut client = LearnerClient::new(cluster::channel(&learner)?);
+            let mut client = LearnerClient::new(security.channel(&learner, Role::Learner)?);
             let (tx, rx) = mpsc::channel(4);
             let mut acks = client.push_trajectories(ReceiverStream::new(rx)).await?.into_inner();
             let mut resend: VecDeque<TrajectoryGroup> = pending.clone();

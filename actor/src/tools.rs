@@ -11,7 +11,7 @@ use std::time::Duration;
 use paretopo_proto::v1::ToolCallRequest;
 use paretopo_proto::v1::tool_server_client::ToolServerClient;
 use tokio::runtime::Handle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::episode::{ToolRequest, ToolRunner};
 
@@ -48,20 +48,11 @@ pub struct GrpcTools {
 }
 
 impl GrpcTools {
-    /// A client of the tool-server at `address` (`http://host:port`). The channel connects
-    /// lazily, so a server that starts later (or restarts) is found by the retries.
-    pub fn new(
-        runtime: Handle,
-        address: &str,
-        config: ToolClientConfig,
-    ) -> Result<Self, tonic::transport::Error> {
-        // The lazy channel starts its worker task on the runtime.
-        let _context = runtime.enter();
-        let channel = Endpoint::from_shared(address.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        Ok(GrpcTools { runtime, client: ToolServerClient::new(channel), config })
+    /// A client of the tool-server on `channel` (made with
+    /// `paretopo_service::Process::channel`). The channel should connect lazily, so that a
+    /// server that starts later (or restarts) is found by the retries.
+    pub fn new(runtime: Handle, channel: Channel, config: ToolClientConfig) -> Self {
+        GrpcTools { runtime, client: ToolServerClient::new(channel), config }
     }
 
     async fn call(

@@ -25,7 +25,10 @@ use paretopo_proto::v1::{
     actor_client::ActorClient, coordinator_client::CoordinatorClient,
     learner_client::LearnerClient, tool_server_client::ToolServerClient,
 };
-use paretopo_service::RunConfig;
+use paretopo_service::config::SecuritySection;
+use paretopo_service::security::Security;
+use paretopo_service::{Role, RunConfig};
+use std::sync::Arc;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -70,6 +73,20 @@ struct Started {
     metrics: SocketAddr,
     /// Its exit, once seen.
     exited: Option<std::process::ExitStatus>,
+    /// How the launcher dials it: as the run's operator, over mutual TLS unless the run is
+    /// plaintext.
+    dialer: Arc<Security>,
+}
+
+impl Started {
+    fn role(&self) -> Role {
+        match self.binary {
+            "coordinator" => Role::Coordinator,
+            "learner" => Role::Learner,
+            "tool-server" => Role::ToolServer,
+            _ => Role::Actor,
+        }
+    }
 }
 
 /// Runs the plan; an error says which process failed and how.
@@ -102,8 +119,10 @@ pub async fn launch(plan: LaunchPlan) -> anyhow::Result<Ended> {
             latest.trim()
         );
     }
+    let tls = local_tls(&config)?;
     let mut started = Vec::new();
-    let result = run_processes(&plan, &config, &overrides, coordinator, &mut started).await;
+    let result =
+        run_processes(&plan, &config, &overrides, tls.as_deref(), coordinator, &mut started).await;
     let stopped = stop_all(&mut started).await;
     if result.is_ok() && !plan.check_only {
         print_outcome(&run_dir);
@@ -112,10 +131,26 @@ pub async fn launch(plan: LaunchPlan) -> anyhow::Result<Ended> {
     stopped.map(|()| ended)
 }
 
+/// The run's certificates for mutual TLS: made under `<run.dir>/tls/` the first time and
+/// reused when the run resumes; `None` when the config asks for plaintext (`security.insecure`).
+fn local_tls(config: &RunConfig) -> anyhow::Result<Option<PathBuf>> {
+    if config.security.insecure {
+        println!("security.insecure is set: the run's processes talk plaintext, unauthenticated");
+        return Ok(None);
+    }
+    let dir = config.run.dir.join("tls");
+    if !dir.join("ca.crt").exists() {
+        paretopo_service::certs::make(&dir, &config.run.name, 30)
+            .with_context(|| format!("making the run's certificates in {}", dir.display()))?;
+    }
+    Ok(Some(dir))
+}
+
 async fn run_processes(
     plan: &LaunchPlan,
     config: &RunConfig,
     overrides: &[String],
+    tls: Option<&Path>,
     coordinator: SocketAddr,
     started: &mut Vec<Started>,
 ) -> anyhow::Result<Ended> {
@@ -127,9 +162,18 @@ async fn run_processes(
     for i in 0..config.cluster.local_actors {
         names.push((format!("actor-{i}"), "actor"));
     }
+    let dialer = Arc::new(match tls {
+        Some(dir) => Security::load(&SecuritySection {
+            tls_dir: Some(dir.join("operator")),
+            ..Default::default()
+        })?,
+        None => Security::default(),
+    });
     for (name, binary) in names {
         let grpc = if binary == "coordinator" { coordinator } else { free_port()? };
-        let process = start(plan, config, overrides, &name, binary, grpc)?;
+        let tls_dir = tls.map(|dir| dir.join(binary));
+        let mut process = start(plan, config, overrides, tls_dir.as_deref(), &name, binary, grpc)?;
+        process.dialer = dialer.clone();
         started.push(process);
     }
     for process in started.iter_mut() {
@@ -151,6 +195,7 @@ fn start(
     plan: &LaunchPlan,
     config: &RunConfig,
     overrides: &[String],
+    tls_dir: Option<&Path>,
     name: &str,
     binary: &'static str,
     grpc: SocketAddr,
@@ -179,9 +224,20 @@ fn start(
     for set in overrides {
         command.arg("--set").arg(set);
     }
+    if let Some(dir) = tls_dir {
+        command.arg("--tls-dir").arg(dir);
+    }
     let child = command.spawn().with_context(|| format!("starting {name}"))?;
     tracing::debug!(name, %grpc, %metrics, pid = child.id(), "started");
-    Ok(Started { name: name.to_owned(), binary, child, grpc, metrics, exited: None })
+    Ok(Started {
+        name: name.to_owned(),
+        binary,
+        child,
+        grpc,
+        metrics,
+        exited: None,
+        dialer: Arc::new(Security::default()),
+    })
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -190,8 +246,8 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-async fn connect(address: SocketAddr) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(format!("http://{address}"))?.connect().await?)
+async fn connect(process: &Started) -> anyhow::Result<Channel> {
+    Ok(process.dialer.endpoint(&process.grpc.to_string(), process.role())?.connect().await?)
 }
 
 async fn wait_serving(process: &mut Started, timeout: Duration) -> anyhow::Result<()> {
@@ -206,7 +262,7 @@ async fn wait_serving(process: &mut Started, timeout: Duration) -> anyhow::Resul
             }
             bail!("{} exited with {status} before it was serving (see its log)", process.name);
         }
-        if let Ok(channel) = connect(process.grpc).await {
+        if let Ok(channel) = connect(process).await {
             let reply = HealthClient::new(channel)
                 .check(HealthCheckRequest { service: String::new() })
                 .await;
@@ -254,7 +310,7 @@ async fn check(started: &[Started]) -> anyhow::Result<()> {
 }
 
 async fn process_info(process: &Started) -> anyhow::Result<ProcessInfo> {
-    let channel = connect(process.grpc).await?;
+    let channel = connect(process).await?;
     let request = || GetStatusRequest {};
     let info = match process.binary {
         "coordinator" => {
@@ -283,8 +339,8 @@ async fn follow(config: &RunConfig, started: &mut [Started]) -> anyhow::Result<E
         println!("training finished before the first status check");
         return Ok(Ended::Finished);
     }
-    let mut coordinator_client = CoordinatorClient::new(connect(started[coordinator].grpc).await?);
-    let mut learner_client = LearnerClient::new(connect(started[learner].grpc).await?);
+    let mut coordinator_client = CoordinatorClient::new(connect(&started[coordinator]).await?);
+    let mut learner_client = LearnerClient::new(connect(&started[learner]).await?);
     let terminal = std::io::stdout().is_terminal();
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let mut last_printed = Instant::now() - Duration::from_secs(60);

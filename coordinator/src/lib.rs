@@ -36,6 +36,7 @@ use paretopo_proto::v1::{
 };
 use paretopo_service::cli::Launch;
 use paretopo_service::metrics::{Sample, StatusMetrics};
+use paretopo_service::security::Principal;
 use paretopo_service::{Process, RunConfig, status};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -600,6 +601,33 @@ fn check_report(request: &ReportObjectivesRequest, total_steps: u64) -> Result<(
     Ok(())
 }
 
+/// The role of the caller's credential, when the server runs TLS (the auth layer put the
+/// principal in the request's extensions; docs/security.md).
+fn caller_role<T>(request: &Request<T>) -> Option<ProtoRole> {
+    match request.extensions().get::<Principal>() {
+        Some(Principal::Role(role)) => Some(role.to_proto()),
+        _ => None,
+    }
+}
+
+/// A node id speaks only for the role that registered it: an actor's credential cannot
+/// heartbeat for a learner's node.
+fn check_node_owner(
+    membership: &Membership,
+    node_id: &str,
+    caller: Option<ProtoRole>,
+) -> Result<(), Status> {
+    let Some(caller) = caller else { return Ok(()) };
+    match membership.nodes().iter().find(|n| n.id == node_id) {
+        Some(node) if node.role != caller => Err(Status::permission_denied(format!(
+            "node_id: {node_id:?} is a {} node; a {} credential cannot speak for it",
+            node.role.as_str_name(),
+            caller.as_str_name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 type WeightsStream = ReceiverStream<Result<ObjectiveWeights, Status>>;
 
 #[tonic::async_trait]
@@ -609,6 +637,7 @@ impl Coordinator for CoordinatorService {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let remote = request.remote_addr();
+        let caller = caller_role(&request);
         let request = request.into_inner();
         check_register(&request)?;
         let run_name = &self.process.info().run_name;
@@ -619,6 +648,15 @@ impl Coordinator for CoordinatorService {
             )));
         }
         let role = ProtoRole::try_from(request.role).unwrap_or(ProtoRole::Unspecified);
+        if let Some(caller) = caller
+            && caller != role
+        {
+            return Err(Status::permission_denied(format!(
+                "role: a {} credential cannot register as {}",
+                caller.as_str_name(),
+                role.as_str_name()
+            )));
+        }
         let (id, epoch, complete) = {
             let mut state = self.lock();
             let id = state
@@ -664,6 +702,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let caller = caller_role(&request);
         let request = request.into_inner();
         for (field, len, max) in [
             ("node_id", request.node_id.len(), MAX_TEXT_BYTES),
@@ -679,6 +718,7 @@ impl Coordinator for CoordinatorService {
             ProcessState::try_from(request.state).unwrap_or(ProcessState::Unspecified);
         let (known, epoch) = {
             let mut state = self.lock();
+            check_node_owner(&state.membership, &request.node_id, caller)?;
             let known = state.membership.heartbeat(
                 &request.node_id,
                 state_reported,
@@ -696,7 +736,9 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<GetRendezvousRequest>,
     ) -> Result<Response<Rendezvous>, Status> {
+        let caller = caller_role(&request);
         let id = request.into_inner().node_id;
+        check_node_owner(&self.lock().membership, &id, caller)?;
         let mut complete = self.complete.subscribe();
         let shutdown = self.process.shutdown().clone();
         tokio::select! {

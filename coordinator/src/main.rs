@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use coordinator::launcher::{self, LaunchPlan};
 use paretopo_proto::service_names;
@@ -90,6 +91,24 @@ enum Command {
     Experiment(ExperimentArgs),
     /// Score a checkpoint on a split of a task without training (greedy, with the tools).
     Eval(EvalArgs),
+    /// Make a run's CA, a certificate for each role and the operator, and an operator token
+    /// (cert-manager's layout: DIR/<role>/tls.crt, tls.key, ca.crt). Keys are never printed.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CertsArgs {
+    /// The directory to write; it must not hold a CA already.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+
+    /// The run's name, written into the CA's common name.
+    #[arg(long, default_value = "paretopo")]
+    run_name: String,
+
+    /// Days the certificates are valid.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -166,6 +185,20 @@ struct StatusArgs {
     /// Print again on every update until Ctrl-C.
     #[arg(long)]
     watch: bool,
+
+    /// A certificate directory (`coordinator certs` writes `DIR/operator`): call over mutual
+    /// TLS.
+    #[arg(long, value_name = "DIR", env = "PARETOPO_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+
+    /// A bearer token file (the operator's `token`): call over TLS with it instead of a client
+    /// certificate; needs `--ca` to check the coordinator.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// The run's CA (`ca.crt`), for `--token-file`.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,6 +233,20 @@ fn main() -> ExitCode {
         Some(Command::Status(args)) => status(args),
         Some(Command::Experiment(args)) => experiment(args),
         Some(Command::Eval(args)) => eval(args),
+        Some(Command::Certs(args)) => {
+            match paretopo_service::certs::make(&args.out, &args.run_name, args.days) {
+                Ok(made) => {
+                    for (principal, dir) in made.dirs {
+                        println!("{principal:<12} {}", dir.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("coordinator certs: error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Some(Command::Config(args)) => {
             let text = RunConfig::load(args.config.as_deref(), &args.overrides)
                 .map_err(|e| e.to_string())
@@ -218,18 +265,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// The endpoint `status` dials (mutual TLS with `--tls-dir`, TLS with a bearer token with
+/// `--token-file`, else plaintext) and the `authorization` value to send, if any.
+fn status_endpoint(
+    args: &StatusArgs,
+) -> anyhow::Result<(
+    tonic::transport::Endpoint,
+    Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+)> {
+    use paretopo_service::config::SecuritySection;
+    use paretopo_service::security::Security;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let address = args.addr.split_once("://").map_or(args.addr.as_str(), |(_, rest)| rest);
+    if let Some(token_file) = &args.token_file {
+        let ca = args.ca.as_ref().context("--token-file needs --ca (the run's ca.crt)")?;
+        let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?;
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{}: not a token", token_file.display()))?;
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name(
+            paretopo_service::security::Principal::Role(paretopo_service::Role::Coordinator)
+                .dns_name(),
+        );
+        let endpoint = Endpoint::from_shared(format!("https://{address}"))?.tls_config(tls)?;
+        return Ok((endpoint, Some(value)));
+    }
+    let section = SecuritySection { tls_dir: args.tls_dir.clone(), ..Default::default() };
+    let security = Security::load(&section)?;
+    Ok((security.endpoint(address, paretopo_service::Role::Coordinator)?, None))
+}
+
 fn status(args: StatusArgs) -> ExitCode {
     use paretopo_proto::v1::coordinator_client::CoordinatorClient;
     use paretopo_proto::v1::{GetStatusRequest, WatchStatusRequest};
     let result = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(async {
-            let url = if args.addr.contains("://") { args.addr.clone() } else { format!("http://{}", args.addr) };
-            let channel = tonic::transport::Endpoint::from_shared(url)?
+            let (endpoint, token) = status_endpoint(&args)?;
+            let channel = endpoint
                 .connect_timeout(Duration::from_secs(3))
                 .connect()
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot reach a coordinator at {}: {e}", args.addr))?;
-            let mut client = CoordinatorClient::new(channel);
+            let mut client = CoordinatorClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+                if let Some(token) = &token {
+                    request.metadata_mut().insert("authorization", token.clone());
+                }
+                Ok(request)
+            });
             if !args.watch {
                 let status = client.get_status(GetStatusRequest {}).await?.into_inner();
                 print!("{}", coordinator::status_table::render(&status));

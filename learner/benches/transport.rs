@@ -128,6 +128,7 @@ async fn serve(vocab: i64) -> (SocketAddr, Arc<Shared>, Arc<Process>) {
                 advertised_address: None,
                 drain_timeout: Duration::from_secs(1),
                 limits: Default::default(),
+                security: Default::default(),
             },
             Instant::now(),
         )
@@ -149,6 +150,7 @@ async fn serve(vocab: i64) -> (SocketAddr, Arc<Shared>, Arc<Process>) {
     tokio::spawn(learner::weights_server::serve(
         weights,
         shared.published.subscribe(),
+        process.security().clone(),
         process.shutdown().clone(),
     ));
     let service = LearnerService::new(process.clone(), "cpu".into(), 1, shared.clone());
@@ -242,10 +244,14 @@ async fn raw_subscribers(address: SocketAddr) -> tokio::sync::mpsc::Receiver<usi
                 if notice.version % 2 == 1 {
                     continue; // a gRPC round's version
                 }
-                let got =
-                    actor::runtime::fetch_raw(&notice.raw_address, notice.version, staging.take())
-                        .await
-                        .expect("fetch");
+                let got = actor::runtime::fetch_raw(
+                    &Default::default(),
+                    &notice.raw_address,
+                    notice.version,
+                    staging.take(),
+                )
+                .await
+                .expect("fetch");
                 let held = got.tensors.values().map(|t| t.bytes.len()).sum::<usize>();
                 staging = Some(got);
                 if tx.send(held).await.is_err() {

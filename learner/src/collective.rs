@@ -13,6 +13,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use paretopo_service::Role;
+use paretopo_service::security::{BlockingStream, Security};
 use std::time::{Duration, Instant};
 
 /// Why a collective call failed.
@@ -123,7 +126,8 @@ pub struct TcpCollective {
     rank: usize,
     world: usize,
     /// Rank 0: the streams of ranks 1..world, in rank order. Others: the stream to rank 0.
-    peers: Vec<TcpStream>,
+    /// TLS when the learners have certificates.
+    peers: Vec<BlockingStream>,
     calls: u64,
     timeout: Duration,
 }
@@ -131,13 +135,15 @@ pub struct TcpCollective {
 impl TcpCollective {
     /// Joins the collective as `rank` of `world`. Rank 0 accepts on `listener` (bound at
     /// `root`); the others connect to `root`, retrying until `timeout`. The same `timeout`
-    /// bounds every later read and write.
+    /// bounds every later read and write. With `security`'s certificate the streams are TLS
+    /// and rank 0 admits only learners.
     pub fn join(
         rank: usize,
         world: usize,
         root: SocketAddr,
         listener: Option<TcpListener>,
         timeout: Duration,
+        security: &Security,
     ) -> Result<Self, CollectiveError> {
         let deadline = Instant::now() + timeout;
         let io = |peer| io_error(rank, peer, timeout);
@@ -154,15 +160,17 @@ impl TcpCollective {
                 None => TcpListener::bind(root).map_err(io(0))?,
             };
             listener.set_nonblocking(true).map_err(io(0))?;
-            let mut joined: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
+            let mut joined: Vec<Option<BlockingStream>> = (0..world).map(|_| None).collect();
             let mut count = 1;
             while count < world {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         stream.set_nonblocking(false).map_err(io(0))?;
                         configure(&stream, timeout).map_err(io(0))?;
+                        let mut stream = security.accept_blocking(stream).map_err(io(0))?;
                         let mut hello = [0u8; 8];
-                        (&stream).read_exact(&mut hello).map_err(io(0))?;
+                        stream.read_exact(&mut hello).map_err(io(0))?;
+                        stream.expect_peer(Role::Learner).map_err(io(0))?;
                         let peer =
                             u32::from_le_bytes([hello[0], hello[1], hello[2], hello[3]]) as usize;
                         let their_world =
@@ -202,10 +210,12 @@ impl TcpCollective {
                 }
             };
             configure(&stream, timeout).map_err(io(0))?;
+            let mut stream = security.connect_blocking(stream, Role::Learner).map_err(io(0))?;
             let mut hello = Vec::with_capacity(8);
             hello.extend_from_slice(&(rank as u32).to_le_bytes());
             hello.extend_from_slice(&(world as u32).to_le_bytes());
-            (&stream).write_all(&hello).map_err(io(0))?;
+            stream.write_all(&hello).map_err(io(0))?;
+            stream.flush().map_err(io(0))?;
             peers.push(stream);
         }
         Ok(TcpCollective { rank, world, peers, calls: 0, timeout })
@@ -243,10 +253,12 @@ impl TcpCollective {
             let message = encode(call, buffer);
             for (i, stream) in self.peers.iter_mut().enumerate() {
                 stream.write_all(&message).map_err(io(i + 1))?;
+                stream.flush().map_err(io(i + 1))?;
             }
         } else {
             let stream = &mut self.peers[0];
             stream.write_all(&encode(call, buffer)).map_err(io(0))?;
+            stream.flush().map_err(io(0))?;
             receive(stream, call, buffer, rank, 0, self.timeout)?;
         }
         Ok(())
@@ -271,7 +283,7 @@ fn encode<T: Element>(call: u64, values: &[T]) -> Vec<u8> {
 
 /// Reads one message into `into`, checking its call number and length.
 fn receive<T: Element>(
-    stream: &mut TcpStream,
+    stream: &mut BlockingStream,
     call: u64,
     into: &mut [T],
     rank: usize,
@@ -323,9 +335,15 @@ mod tests {
                 let listener = if rank == 0 { listener.take() } else { None };
                 let body = body.clone();
                 std::thread::spawn(move || {
-                    let mut c =
-                        TcpCollective::join(rank, world, addr, listener, Duration::from_secs(10))
-                            .expect("join");
+                    let mut c = TcpCollective::join(
+                        rank,
+                        world,
+                        addr,
+                        listener,
+                        Duration::from_secs(10),
+                        &Security::default(),
+                    )
+                    .expect("join");
                     body(&mut c)
                 })
             })
@@ -374,8 +392,15 @@ mod tests {
     fn a_missing_rank_is_an_error_within_the_deadline() {
         let (listener, addr) = root();
         let started = Instant::now();
-        let err = TcpCollective::join(0, 3, addr, Some(listener), Duration::from_millis(300))
-            .expect_err("ranks 1 and 2 never come");
+        let err = TcpCollective::join(
+            0,
+            3,
+            addr,
+            Some(listener),
+            Duration::from_millis(300),
+            &Security::default(),
+        )
+        .expect_err("ranks 1 and 2 never come");
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         assert!(err.to_string().contains("1 of 3 ranks joined"), "{err}");
     }
@@ -385,12 +410,15 @@ mod tests {
         let (listener, addr) = root();
         let timeout = Duration::from_millis(300);
         let silent = std::thread::spawn(move || {
-            let joined = TcpCollective::join(1, 2, addr, None, timeout).expect("join");
+            let joined =
+                TcpCollective::join(1, 2, addr, None, timeout, &Security::default()).expect("join");
             // Joined, then silent, as behind a link that went down.
             std::thread::sleep(Duration::from_secs(2));
             drop(joined);
         });
-        let mut root = TcpCollective::join(0, 2, addr, Some(listener), timeout).expect("join");
+        let mut root =
+            TcpCollective::join(0, 2, addr, Some(listener), timeout, &Security::default())
+                .expect("join");
         let started = Instant::now();
         let err = root.all_reduce_sum(&mut [1.0f32; 4]).expect_err("rank 1 sends nothing");
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());

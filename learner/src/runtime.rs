@@ -289,7 +289,7 @@ pub async fn work(
         .rsplit_once(':')
         .map_or_else(|| host.to_string(), |(h, _)| h.to_owned());
     let collective_address = format!("{advertised_host}:{}", listener.local_addr()?.port());
-    // The raw weights port, for actors that fetch versions over plain TCP.
+    // The raw weights port, for actors that fetch versions over TCP (TLS when TLS is on).
     let weights_listener = tokio::net::TcpListener::bind(SocketAddr::new(host, ports.weights_port))
         .await
         .with_context(|| format!("binding `learner.weights_port` = {}", ports.weights_port))?;
@@ -299,6 +299,7 @@ pub async fn work(
     tokio::spawn(crate::weights_server::serve(
         weights_listener,
         shared.published.subscribe(),
+        process.security().clone(),
         process.shutdown().clone(),
     ));
     // On CUDA with NCCL present, every learner also offers a unique id for the same reason.
@@ -345,6 +346,7 @@ pub async fn work(
                 root,
                 listener: if rank == 0 { Some(listener) } else { None },
                 timeout: Duration::from_millis(config.cluster.collective_timeout_ms),
+                security: process.security().clone(),
             }
         }
         _ => CollectivePlan::None,
@@ -352,9 +354,9 @@ pub async fn work(
     let tools = match &tool_server {
         Some(address) => Some(GrpcTools::new(
             Handle::current(),
-            &format!("http://{address}"),
+            process.channel(address, paretopo_service::Role::ToolServer)?,
             ToolClientConfig { caller_id: member.node_id.clone(), ..Default::default() },
-        )?),
+        )),
         None => None,
     };
     let trainer = Trainer {
@@ -384,7 +386,12 @@ enum CollectivePlan {
     /// A single rank on CPU.
     None,
     /// CPU ranks over TCP; rank 0 accepts on its listener; every call has `timeout`.
-    Tcp { root: SocketAddr, listener: Option<TcpListener>, timeout: Duration },
+    Tcp {
+        root: SocketAddr,
+        listener: Option<TcpListener>,
+        timeout: Duration,
+        security: Arc<paretopo_service::security::Security>,
+    },
     /// NCCL on CUDA device `ordinal` with rank 0's unique id.
     Nccl { ordinal: usize, id: Vec<u8> },
 }
@@ -402,9 +409,9 @@ impl Collective {
     fn join(plan: CollectivePlan, rank: usize, world: usize) -> anyhow::Result<Self> {
         Ok(match plan {
             CollectivePlan::None => Collective::None,
-            CollectivePlan::Tcp { root, listener, timeout } => {
-                Collective::Tcp(TcpCollective::join(rank, world, root, listener, timeout)?)
-            }
+            CollectivePlan::Tcp { root, listener, timeout, security } => Collective::Tcp(
+                TcpCollective::join(rank, world, root, listener, timeout, &security)?,
+            ),
             CollectivePlan::Nccl { ordinal, id } => {
                 let joined = NcclCollective::join(ordinal, rank, world, &id)?;
                 tracing::info!(rank, world, ordinal, "NCCL communicator ready");

@@ -4,14 +4,17 @@
 //! straight from the published chunks. One task per connection; every read and write has a
 //! deadline, and shutdown ends the accept loop.
 //!
-//! What it does not do: decide what to publish (the trainer does) or authenticate (a run's
-//! ports are for its own processes; issue #11 adds TLS).
+//! With TLS on, the port speaks TLS and serves only clients whose certificate names an actor
+//! (docs/security.md). What it does not do: decide what to publish (the trainer does).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actor::weights::{Published, write_raw};
-use tokio::io::AsyncReadExt;
+use std::io::{Read, Write};
+
+use paretopo_service::Role;
+use paretopo_service::security::Security;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +28,7 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(120);
 pub async fn serve(
     listener: TcpListener,
     published: watch::Receiver<Option<Arc<Published>>>,
+    security: Arc<Security>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -35,10 +39,11 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let (published, shutdown) = (published.clone(), shutdown.clone());
+                let security = security.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         () = shutdown.cancelled() => {}
-                        result = send(stream, published) => if let Err(e) = result {
+                        result = send(stream, published, &security) => if let Err(e) = result {
                             tracing::warn!(%peer, error = %e, "a weights transfer failed");
                         },
                     }
@@ -53,14 +58,27 @@ pub async fn serve(
 }
 
 async fn send(
-    mut stream: TcpStream,
+    stream: TcpStream,
     mut published: watch::Receiver<Option<Arc<Published>>>,
+    security: &Security,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline passed");
-    let wanted = tokio::time::timeout(REQUEST_DEADLINE, stream.read_u64_le())
-        .await
-        .map_err(|_| timed_out())??;
+    // Blocking reads and writes of the large buffers, on blocking threads: the fast path. The
+    // TLS handshake (when on) happens with the first read, under the request deadline.
+    let tcp = stream.into_std()?;
+    tcp.set_nonblocking(false)?;
+    tcp.set_read_timeout(Some(REQUEST_DEADLINE))?;
+    tcp.set_write_timeout(Some(WRITE_DEADLINE))?;
+    let mut stream = security.accept_blocking(tcp)?;
+    let (mut stream, wanted) = tokio::task::spawn_blocking(move || {
+        let mut wanted = [0u8; 8];
+        stream.read_exact(&mut wanted)?;
+        stream.expect_peer(Role::Actor)?;
+        std::io::Result::Ok((stream, u64::from_le_bytes(wanted)))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
     // The version asked for may not be out yet (the notice raced the publication): wait for it.
     let version = tokio::time::timeout(
         REQUEST_DEADLINE,
@@ -71,13 +89,9 @@ async fn send(
     .map_err(|_| std::io::Error::other("the learner stopped publishing"))?
     .clone();
     let Some(version) = version else { return Ok(()) };
-    // Plain blocking writes of the large buffers, on a blocking thread: the fast path.
-    let stream = stream.into_std()?;
     tokio::task::spawn_blocking(move || {
-        let mut stream = stream;
-        stream.set_nonblocking(false)?;
-        stream.set_write_timeout(Some(WRITE_DEADLINE))?;
-        write_raw(&mut stream, &version)
+        write_raw(&mut stream, &version)?;
+        stream.flush()
     })
     .await
     .map_err(std::io::Error::other)?

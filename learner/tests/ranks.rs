@@ -117,7 +117,8 @@ fn ranks_joined_over_tcp_stay_identical() {
             std::thread::spawn(move || {
                 let timeout = std::time::Duration::from_secs(30);
                 let mut collective =
-                    TcpCollective::join(rank, 2, root, listener, timeout).expect("join");
+                    TcpCollective::join(rank, 2, root, listener, timeout, &Default::default())
+                        .expect("join");
                 let model = model();
                 let mut optimizer =
                     AdamW::new(model.parameters(), AdamWConfig { lr: 1e-3, ..Default::default() });

@@ -20,6 +20,7 @@ use crate::config::RunConfig;
 use crate::logging::{self, LogFormat};
 use crate::metrics::{self, Metrics};
 use crate::process::{Process, ProcessSetup};
+use crate::security::{self, Security};
 use crate::{Role, grpc};
 
 /// Flags shared by `coordinator`, `learner`, `actor` and `tool-server`.
@@ -46,6 +47,21 @@ pub struct CommonArgs {
     /// and else the host name, with the bound port.
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<String>,
+
+    /// This process's certificate directory (`tls.crt`, `tls.key`, `ca.crt`): serve and dial
+    /// mutual TLS. Overrides `security.tls_dir`.
+    #[arg(long, value_name = "DIR", env = "PARETOPO_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// Allow plaintext on addresses other machines can reach (a warning is logged). Without
+    /// it, a process without a certificate refuses to start unless every address is loopback.
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// With TLS on: a plaintext port serving only `grpc.health.v1`, for Kubernetes probes.
+    /// Overrides `security.health_listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
 
     /// Log line format on stderr. The level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
@@ -75,6 +91,16 @@ impl CommonArgs {
             let quoted = toml::Value::String(advertise.clone()).to_string();
             overrides.push(format!("{section}.advertised_address={quoted}"));
         }
+        if let Some(dir) = &self.tls_dir {
+            let quoted = toml::Value::String(dir.to_string_lossy().into_owned()).to_string();
+            overrides.push(format!("security.tls_dir={quoted}"));
+        }
+        if self.insecure {
+            overrides.push("security.insecure=true".into());
+        }
+        if let Some(health) = self.health_listen {
+            overrides.push(format!("security.health_listen=\"{health}\""));
+        }
         RunConfig::load(self.config.as_deref(), &overrides)
     }
 }
@@ -100,6 +126,7 @@ pub struct Launch {
     pub metrics: Metrics,
     grpc_listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    health_listener: Option<TcpListener>,
 }
 
 impl Launch {
@@ -112,10 +139,18 @@ impl Launch {
     /// shutdown, then returns.
     pub async fn serve(self, routes: Routes) -> anyhow::Result<()> {
         let shutdown = self.process.shutdown().clone();
-        let metrics_task = self.metrics_listener.map(|listener| {
-            tokio::spawn(metrics::serve(listener, Arc::new(self.metrics), shutdown.clone()))
+        let tls = self.process.security().rustls_server_config().map(|config| {
+            // The metrics port speaks HTTP/1.1 (what Prometheus scrapes with).
+            let mut config = (*config).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
         });
-        let served = grpc::serve(self.process.clone(), self.grpc_listener, routes).await;
+        let metrics_task = self.metrics_listener.map(|listener| {
+            tokio::spawn(metrics::serve(listener, tls, Arc::new(self.metrics), shutdown.clone()))
+        });
+        let served =
+            grpc::serve(self.process.clone(), self.grpc_listener, self.health_listener, routes)
+                .await;
         // Whatever ended the gRPC server ends the process: make sure everything else stops too.
         shutdown.cancel();
         if let Some(task) = metrics_task {
@@ -151,6 +186,13 @@ where
             return ExitCode::from(2);
         }
     };
+    let security = match load_security(role, &config) {
+        Ok(security) => security,
+        Err(e) => {
+            eprintln!("{role}: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     logging::init(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -160,7 +202,7 @@ where
         }
     };
     let result = runtime.block_on(async move {
-        let launch = launch(role, service_name, config, started).await?;
+        let launch = launch(role, service_name, config, security, started).await?;
         let shutdown = launch.process.shutdown().clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -184,11 +226,30 @@ where
     }
 }
 
+/// `[security]`, loaded and checked: plaintext only where every address is loopback.
+fn load_security(role: Role, config: &RunConfig) -> Result<Security, security::SecurityError> {
+    let security = Security::load(&config.security)?;
+    if let Some(found) = security.own_principal()
+        && found != security::Principal::Role(role)
+    {
+        return Err(security::SecurityError::WrongPrincipal { role, found });
+    }
+    let section_key = section_name(role);
+    let section = config.role_section(role);
+    let mut addresses = vec![(format!("`{section_key}.listen`"), section.listen)];
+    if let Some(metrics) = section.metrics_listen {
+        addresses.push((format!("`{section_key}.metrics_listen`"), metrics));
+    }
+    security::check_plaintext_allowed(config, &addresses)?;
+    Ok(security)
+}
+
 /// Binds the role's ports and builds its [`Process`].
 async fn launch(
     role: Role,
     service_name: &'static str,
     config: RunConfig,
+    security: Security,
     started: Instant,
 ) -> anyhow::Result<Launch> {
     let section_key = section_name(role);
@@ -204,6 +265,19 @@ async fn launch(
         ),
         None => None,
     };
+    let health_listener = match (security.tls_enabled(), config.security.health_listen) {
+        (true, Some(addr)) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding `security.health_listen` = {addr}"))?,
+        ),
+        _ => None,
+    };
+    if !security.tls_enabled() && config.security.insecure {
+        tracing::warn!(
+            "TLS is off and --insecure is set: every port is plaintext and unauthenticated"
+        );
+    }
     let setup = ProcessSetup {
         role,
         run_name: config.run.name.clone(),
@@ -216,6 +290,7 @@ async fn launch(
         )),
         drain_timeout: Duration::from_millis(section.drain_timeout_ms),
         limits: config.limits.clone(),
+        security: Arc::new(security),
     };
     let process = Arc::new(Process::new(setup, started).await);
     let metrics = Metrics::new(role, started, process.started_unix());
@@ -224,9 +299,11 @@ async fn launch(
         listen = %process.listen_address(),
         metrics = ?process.metrics_address(),
         run = %config.run.name,
+        tls = process.security().tls_enabled(),
+        principal = ?process.security().own_principal(),
         "starting"
     );
-    Ok(Launch { config, process, metrics, grpc_listener, metrics_listener })
+    Ok(Launch { config, process, metrics, grpc_listener, metrics_listener, health_listener })
 }
 
 /// The address peers dial: `configured` as given when it names a port, a configured bare host

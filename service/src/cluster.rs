@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use paretopo_proto::v1::coordinator_client::CoordinatorClient;
 use paretopo_proto::v1::{GetRendezvousRequest, HeartbeatRequest, RegisterRequest, Rendezvous};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{Process, RunConfig};
 
@@ -87,19 +86,6 @@ impl Backoff {
     }
 }
 
-/// A lazily connecting channel to `address` ("host:port" or a URL).
-pub fn channel(address: &str) -> anyhow::Result<Channel> {
-    let url =
-        if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
-    Ok(Endpoint::from_shared(url.clone())
-        .with_context(|| format!("bad address {address:?}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(crate::grpc::STREAM_WINDOW)
-        .initial_connection_window_size(crate::grpc::CONNECTION_WINDOW)
-        .connect_lazy())
-}
-
 /// Registers with `cluster.coordinator_address`, retrying with backoff until the coordinator
 /// answers or the process shuts down. `nccl_unique_id` and `collective_address` are what a
 /// learner offers in case it becomes rank 0; other roles pass them empty.
@@ -111,7 +97,7 @@ pub async fn register(
     collective_address: String,
 ) -> anyhow::Result<Member> {
     let address = &config.cluster.coordinator_address;
-    let mut client = CoordinatorClient::new(channel(address)?);
+    let mut client = CoordinatorClient::new(process.channel(address, crate::Role::Coordinator)?);
     let request = RegisterRequest {
         role: process.role().to_proto() as i32,
         advertised_address: process.peer_address(),

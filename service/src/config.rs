@@ -75,6 +75,47 @@ pub struct RunConfig {
     /// `[limits]`: the bounds of the queues and buffers every process shares
     /// (docs/reliability.md lists every bound, these and the others).
     pub limits: LimitsSection,
+    /// `[security]`: TLS, credentials and the plaintext health port (docs/security.md).
+    pub security: SecuritySection,
+}
+
+/// `[security]`. Each process has its own certificate, so `tls_dir` is usually set per process
+/// (`--tls-dir`, or the same mount path in every pod).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// This process's certificate directory in cert-manager's layout: `tls.crt`, `tls.key`,
+    /// `ca.crt` (`coordinator certs` writes one per role). Set: every port serves TLS, peers
+    /// must present a certificate of the run's CA (or a bearer token) and calls are authorised
+    /// by role. Unset: plaintext, allowed only when every address is loopback or `insecure`.
+    pub tls_dir: Option<PathBuf>,
+    /// Serve and dial plaintext on addresses other machines can reach (logs a warning at start).
+    pub insecure: bool,
+    /// The bearer tokens accepted: lines of `<principal> <sha256 hex>`. Unset:
+    /// `<tls_dir>/tokens.sha256` when that file exists, else no token is accepted.
+    pub token_hashes: Option<PathBuf>,
+    /// A file holding the bearer token this process presents when it has no certificate
+    /// (the `coordinator status` client of an operator).
+    pub token_file: Option<PathBuf>,
+    /// With TLS on: a plaintext port that serves `grpc.health.v1` and nothing else, for
+    /// Kubernetes probes (`--health-listen`). Unset: no such port.
+    pub health_listen: Option<SocketAddr>,
+    /// Failed authentications one peer address may make in a minute; later ones in the same
+    /// minute are refused without a check, and logged once.
+    pub max_auth_failures_per_minute: u32,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        Self {
+            tls_dir: None,
+            insecure: false,
+            token_hashes: None,
+            token_file: None,
+            health_listen: None,
+            max_auth_failures_per_minute: 10,
+        }
+    }
 }
 
 /// `[limits]`.
@@ -870,6 +911,9 @@ impl RunConfig {
         }
         if let Err((key, message)) = self.cluster.validate() {
             return fail(&format!("cluster.{key}"), message);
+        }
+        if self.security.max_auth_failures_per_minute == 0 {
+            return fail("security.max_auth_failures_per_minute", "must be at least 1".into());
         }
         if let Err((key, message)) = self.limits.validate() {
             return fail(&format!("limits.{key}"), message);

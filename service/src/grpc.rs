@@ -16,6 +16,16 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
 use crate::Process;
+use crate::auth::AuthLayer;
+
+/// Aborts a spawned task when dropped (the health port ends with the main server).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +51,14 @@ pub const CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// Serves `routes` (the role's service) with health and reflection on `listener`, marks the
 /// process SERVING, and returns once shutdown has drained.
+///
+/// With TLS on ([`crate::security`]): the port serves TLS, every call passes
+/// [`crate::auth::AuthLayer`], and `health_listener`, if given, serves `grpc.health.v1` alone
+/// in plaintext for Kubernetes probes.
 pub async fn serve(
     process: Arc<Process>,
     listener: TcpListener,
+    health_listener: Option<TcpListener>,
     routes: Routes,
 ) -> Result<(), ServeError> {
     let reflection = || {
@@ -78,18 +93,40 @@ pub async fn serve(
     // Small replies must leave at once: without TCP_NODELAY, Nagle's algorithm meets the peer's
     // delayed ACK and holds some of them for 40 ms (seen as a 40 ms p99 under load).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    let mut builder = Server::builder()
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
-        .max_concurrent_streams(Some(process.limits().max_concurrent_streams))
+        .max_concurrent_streams(Some(process.limits().max_concurrent_streams));
+    let security = process.security().clone();
+    if let Some(tls) = security.server_tls() {
+        builder =
+            builder.tls_config(tls).map_err(|source| ServeError::Transport { address, source })?;
+    }
+    // Without TLS every caller is anonymous, so there is nothing to authorise: plaintext is
+    // for loopback-only runs and `--insecure` (crate::security::check_plaintext_allowed).
+    let auth = security.tls_enabled().then(|| AuthLayer::new(security.clone()));
+    let server = builder
+        .layer(tower::util::option_layer(auth))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, drain_signal);
+    let health_port = health_listener.map(|listener| {
+        let health =
+            HealthServer::new(HealthService::from_health_reporter(process.health().clone()));
+        let shutdown = process.shutdown().clone();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        tokio::spawn(
+            Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()),
+        )
+    });
 
     process.mark_serving().await;
     let backstop = async {
         process.shutdown().cancelled().await;
         tokio::time::sleep(process.drain_timeout()).await;
     };
+    let _health_port = health_port.map(AbortOnDrop);
     tokio::select! {
         result = server => result.map_err(|source| ServeError::Transport { address, source }),
         () = backstop => {

@@ -8,11 +8,15 @@
 //! - [`process`]: the facts a process reports about itself and its readiness and health;
 //! - [`grpc`]: serving a role's service next to health and reflection, with graceful shutdown;
 //! - [`status`]: the `WatchStatus` stream every service offers;
-//! - [`metrics`]: the Prometheus endpoint.
+//! - [`metrics`]: the Prometheus endpoint;
+//! - [`security`] and [`auth`]: mutual TLS, bearer tokens, and who may call which method;
+//!   [`certs`]: a run's CA and certificates for local runs.
 //!
 //! What it is not: no role logic, no multi-objective math, no tch. Exit codes: 0 after a clean
 //! shutdown, 1 when the process failed while running, 2 for bad flags or a bad config.
 
+pub mod auth;
+pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -20,6 +24,7 @@ pub mod grpc;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod security;
 pub mod status;
 
 pub use config::RunConfig;

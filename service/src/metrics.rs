@@ -5,8 +5,9 @@
 //! [`Metrics::registry_mut`] before serving. Names start with `paretopo_` (DESIGN.md §10).
 //! Output is OpenMetrics text, which Prometheus reads; the content type says so.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -172,13 +173,94 @@ where
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+///
+/// With `tls`, the port speaks HTTPS and admits only clients with a certificate of the run's
+/// CA (a scraper gets the operator's; docs/security.md).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new().route("/metrics", get(render)).with_state(metrics);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await,
+        Some(config) => {
+            let listener = TlsListener::new(listener, config, shutdown.clone());
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        }
+    }
+}
+
+/// A TLS listener for axum: one task accepts TCP connections and hands each to a handshake
+/// task of its own (with a deadline), so a client that stalls its handshake delays no other;
+/// finished handshakes wait in a small queue for axum to take.
+struct TlsListener {
+    handshaken: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+impl TlsListener {
+    fn new(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shutdown: CancellationToken,
+    ) -> TlsListener {
+        let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, handshaken) = tokio::sync::mpsc::channel(16);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "metrics accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, error = %e, "metrics: TLS handshake refused");
+                        }
+                        Err(_) => tracing::warn!(%peer, "metrics: TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener { handshaken, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TlsStream, SocketAddr) {
+        match self.handshaken.recv().await {
+            Some(accepted) => accepted,
+            // The accept task ended (shutdown): wait for axum's graceful shutdown to drop us.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
 }
 
 async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

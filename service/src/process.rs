@@ -43,6 +43,7 @@ pub struct Process {
     node_id: std::sync::OnceLock<String>,
     limits: crate::config::LimitsSection,
     status_watchers: Arc<AtomicU32>,
+    security: Arc<crate::security::Security>,
 }
 
 /// One open `WatchStatus` stream's place (see [`Process::status_watcher`]).
@@ -74,6 +75,8 @@ pub struct ProcessSetup {
     pub drain_timeout: Duration,
     /// `[limits]`: the bounds the server and the status streams keep.
     pub limits: crate::config::LimitsSection,
+    /// `[security]`, loaded: how this process serves and dials.
+    pub security: Arc<crate::security::Security>,
 }
 
 impl Process {
@@ -106,7 +109,19 @@ impl Process {
             node_id: std::sync::OnceLock::new(),
             limits: setup.limits,
             status_watchers: Arc::new(AtomicU32::new(0)),
+            security: setup.security,
         }
+    }
+
+    /// How this process serves and dials: its certificate, the tokens it accepts.
+    pub fn security(&self) -> &Arc<crate::security::Security> {
+        &self.security
+    }
+
+    /// A lazily connecting channel to the `peer` at `address`, TLS when this process has a
+    /// certificate (see [`crate::security::Security::channel`]).
+    pub fn channel(&self, address: &str, peer: Role) -> anyhow::Result<tonic::transport::Channel> {
+        self.security.channel(address, peer)
     }
 
     /// `[limits]`.
@@ -255,6 +270,7 @@ mod tests {
             advertised_address: Some("tools:4000".into()),
             drain_timeout: Duration::from_secs(1),
             limits: Default::default(),
+            security: Default::default(),
         }
     }
 

@@ -120,6 +120,7 @@ mod tests {
                     max_status_watchers: 2,
                     ..Default::default()
                 },
+                security: Default::default(),
             },
             Instant::now(),
         )

@@ -11,10 +11,13 @@ pub mod run;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use paretopo_service::Role;
+use paretopo_service::security::Security;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -80,6 +83,9 @@ pub struct Server {
     pub metrics: SocketAddr,
     /// Where its log goes, when not to a pipe.
     pub log: Option<PathBuf>,
+    /// How the test dials it: plaintext, or mutual TLS as the run's operator
+    /// ([`run::TestRun::with_mtls`]).
+    pub dialer: Arc<Security>,
 }
 
 impl Server {
@@ -104,7 +110,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Server { name, child, grpc, metrics, log: None }
+        Server { name, child, grpc, metrics, log: None, dialer: Arc::default() }
     }
 
     /// Starts `name` with its gRPC port at `grpc` and stderr (the log) appended to `log`: a
@@ -131,7 +137,7 @@ impl Server {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Server { name, child, grpc, metrics, log: Some(log.to_path_buf()) }
+        Server { name, child, grpc, metrics, log: Some(log.to_path_buf()), dialer: Arc::default() }
     }
 
     /// The end of its log file, for a failure message.
@@ -151,16 +157,12 @@ impl Server {
     /// Waits until health reports SERVING for the whole server; panics after `timeout`.
     pub async fn wait_serving(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let endpoint = format!("http://{}", self.grpc);
+        let endpoint = self.endpoint();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("{} exited with {status} before serving{}", self.name, self.log_tail());
             }
-            if let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.clone())
-                .expect("endpoint")
-                .connect()
-                .await
-            {
+            if let Ok(channel) = endpoint.connect().await {
                 let check = HealthClient::new(channel)
                     .check(HealthCheckRequest { service: String::new() })
                     .await;
@@ -175,11 +177,21 @@ impl Server {
 
     /// A connected channel to the gRPC port.
     pub async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
-            .expect("endpoint")
+        self.endpoint()
             .connect()
             .await
             .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.name))
+    }
+
+    /// The endpoint of its gRPC port, dialled with [`Server::dialer`].
+    pub fn endpoint(&self) -> tonic::transport::Endpoint {
+        let role = match self.name {
+            "coordinator" => Role::Coordinator,
+            "learner" => Role::Learner,
+            "tool-server" => Role::ToolServer,
+            _ => Role::Actor,
+        };
+        self.dialer.endpoint(&self.grpc.to_string(), role).expect("endpoint")
     }
 
     /// Sends SIGTERM.

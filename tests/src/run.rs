@@ -11,7 +11,10 @@ use paretopo_proto::v1::{
     ActorStatus, CoordinatorStatus, GetStatusRequest, LearnerStatus, actor_client::ActorClient,
 };
 
+use paretopo_service::config::SecuritySection;
+use paretopo_service::security::Security;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 use crate::{Server, free_addr, workspace_root};
 
@@ -23,6 +26,8 @@ pub struct TestRun {
     nodes: u32,
     steps: u64,
     extra: Vec<String>,
+    /// With mutual TLS: the operator credential the test dials with.
+    operator: Option<Arc<Security>>,
 }
 
 impl TestRun {
@@ -44,7 +49,32 @@ impl TestRun {
             nodes,
             steps,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            operator: None,
         }
+    }
+
+    /// Runs every process with mutual TLS: makes the run's certificates in `<dir>/tls/`, gives
+    /// each process its role's, and dials them as the run's operator.
+    pub fn with_mtls(mut self) -> Self {
+        let dir = self.tls_dir();
+        paretopo_service::certs::make(&dir, "test", 1).expect("certs");
+        let operator = Security::load(&SecuritySection {
+            tls_dir: Some(dir.join("operator")),
+            ..Default::default()
+        })
+        .expect("the operator's credential");
+        self.operator = Some(Arc::new(operator));
+        self
+    }
+
+    /// Where [`TestRun::with_mtls`] puts the certificates (`<dir>/tls/<principal>/`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.path().join("tls")
+    }
+
+    /// How the test dials this run's processes.
+    pub fn dialer(&self) -> Arc<Security> {
+        self.operator.clone().unwrap_or_default()
     }
 
     /// The run directory.
@@ -81,9 +111,15 @@ impl TestRun {
 
     /// Starts `binary` on `grpc`, its log in `<name>.log` in the run directory.
     pub fn start(&self, binary: &'static str, name: &str, grpc: SocketAddr) -> Server {
-        let args = self.args();
+        let mut args = self.args();
+        if self.operator.is_some() {
+            args.push("--tls-dir".into());
+            args.push(self.tls_dir().join(binary).display().to_string());
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Server::start_logged(binary, grpc, &args, &self.log(name))
+        let mut server = Server::start_logged(binary, grpc, &args, &self.log(name));
+        server.dialer = self.dialer();
+        server
     }
 
     /// The log file of the process started as `name`.
@@ -145,7 +181,9 @@ pub fn ledger_total(ledger: &serde_json::Map<String, serde_json::Value>, state: 
 
 /// The coordinator's status.
 pub async fn coordinator_status(run: &TestRun) -> CoordinatorStatus {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", run.coordinator))
+    let channel = run
+        .dialer()
+        .endpoint(&run.coordinator.to_string(), paretopo_service::Role::Coordinator)
         .expect("endpoint")
         .connect()
         .await

@@ -5,6 +5,9 @@
 //! address, trajectories flowed, both learner ranks held the same parameters after every step
 //! and every actor followed the newest policy. Then it cuts links and prints what it measured.
 //!
+//! Every process runs with mutual TLS: the test makes the run's certificates first, and dials
+//! status as the run's operator.
+//!
 //! Needs root (CI runs as root); elsewhere each test prints why it skipped and passes. The CI
 //! tier runs all hosts with one fault (an actor's link down and up again); the slow tier
 //! (`./dev test-slow`) adds 20 ms latency with 1% loss and a bandwidth limit everywhere, and a
@@ -22,7 +25,11 @@ use paretopo_proto::v1::learner_client::LearnerClient;
 use paretopo_proto::v1::{
     ActorStatus, CoordinatorStatus, GetStatusRequest, LearnerStatus, NodeStatus, Role,
 };
+use paretopo_service::Role as ServiceRole;
+use paretopo_service::config::SecuritySection;
+use paretopo_service::security::Security;
 use paretopo_tests::{binary, workspace_root};
+use std::sync::Arc;
 
 /// The hosts are machine-wide: one test at a time.
 static HOSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -73,10 +80,25 @@ fn sh(args: &[&str]) {
     );
 }
 
+/// How the test dials the hosts: as the current run's operator.
+static OPERATOR: std::sync::Mutex<Option<Arc<Security>>> = std::sync::Mutex::new(None);
+
+fn operator() -> Arc<Security> {
+    OPERATOR.lock().expect("operator").clone().unwrap_or_default()
+}
+
 impl Hosts {
     fn up() -> Hosts {
         sh(&["up", &HOST_COUNT.to_string()]);
-        Hosts { dir: tempfile::tempdir().expect("dir"), processes: Vec::new() }
+        let dir = tempfile::tempdir().expect("dir");
+        paretopo_service::certs::make(&dir.path().join("tls"), "multihost", 1).expect("certs");
+        let operator = Security::load(&SecuritySection {
+            tls_dir: Some(dir.path().join("tls/operator")),
+            ..Default::default()
+        })
+        .expect("operator credential");
+        *OPERATOR.lock().expect("operator") = Some(Arc::new(operator));
+        Hosts { dir, processes: Vec::new() }
     }
 
     fn run_dir(&self) -> PathBuf {
@@ -117,6 +139,7 @@ impl Hosts {
             "--config",
             &workspace_root().join("configs/quickstart.toml").display().to_string(),
         ]);
+        command.arg("--tls-dir").arg(self.dir.path().join("tls").join(name));
         match latency {
             // Behind a delay proxy: the process listens on the host's loopback, the proxy on
             // its address, and the process advertises the proxy's.
@@ -213,8 +236,9 @@ impl Drop for Hosts {
     }
 }
 
-async fn channel(host: usize) -> Option<tonic::transport::Channel> {
-    tonic::transport::Endpoint::from_shared(format!("http://{}:{PORT}", address(host)))
+async fn channel(host: usize, role: ServiceRole) -> Option<tonic::transport::Channel> {
+    operator()
+        .endpoint(&format!("{}:{PORT}", address(host)), role)
         .ok()?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(5))
@@ -224,17 +248,17 @@ async fn channel(host: usize) -> Option<tonic::transport::Channel> {
 }
 
 async fn coordinator_status() -> Option<CoordinatorStatus> {
-    let mut client = CoordinatorClient::new(channel(0).await?);
+    let mut client = CoordinatorClient::new(channel(0, ServiceRole::Coordinator).await?);
     Some(client.get_status(GetStatusRequest {}).await.ok()?.into_inner())
 }
 
 async fn learner_status(host: usize) -> Option<LearnerStatus> {
-    let mut client = LearnerClient::new(channel(host).await?);
+    let mut client = LearnerClient::new(channel(host, ServiceRole::Learner).await?);
     Some(client.get_status(GetStatusRequest {}).await.ok()?.into_inner())
 }
 
 async fn actor_status(host: usize) -> Option<ActorStatus> {
-    let mut client = ActorClient::new(channel(host).await?);
+    let mut client = ActorClient::new(channel(host, ServiceRole::Actor).await?);
     Some(client.get_status(GetStatusRequest {}).await.ok()?.into_inner())
 }
 
@@ -503,7 +527,8 @@ async fn nine_hosts_complete_a_run_with_20_ms_latency_and_1_percent_loss_everywh
     start_cluster(&mut hosts, steps, Some(Duration::from_millis(20))).await;
     check_registrations(&hosts).await;
     // The proxies really hold each chunk: a status call takes at least two delays.
-    let mut client = CoordinatorClient::new(channel(0).await.expect("coordinator"));
+    let mut client =
+        CoordinatorClient::new(channel(0, ServiceRole::Coordinator).await.expect("coordinator"));
     client.get_status(GetStatusRequest {}).await.expect("status");
     let call = Instant::now();
     client.get_status(GetStatusRequest {}).await.expect("status");

@@ -13,7 +13,8 @@ use paretopo_tests::{Server, free_addr};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_flows_trajectories_steps_publishes_and_records_the_frontier() {
-    let run = TestRun::new(4, 5, &[]);
+    // With mutual TLS, as every run the launcher starts (docs/security.md).
+    let run = TestRun::new(4, 5, &[]).with_mtls();
     let (mut coordinator, mut tool_server, mut learner, mut actors) = start_run(&run, 2).await;
 
     // Every node registers with its role.

@@ -8,6 +8,8 @@ use paretopo_proto::v1::{
     GetStatusRequest, ListToolsRequest, ToolCallRequest, ToolErrorKind,
     tool_server_client::ToolServerClient,
 };
+use paretopo_service::Role;
+use paretopo_service::security::Security;
 use paretopo_tests::{Server, fetch_metrics, run_to_end};
 
 const CORPUS: &str = r#"{"id": "vorn", "title": "Vorn", "text": "Vorn is a river in Osterland."}
@@ -114,8 +116,11 @@ fn the_actor_tool_client_retries_until_the_server_is_there() {
         first_backoff: Duration::from_millis(50),
         ..Default::default()
     };
-    let mut tools = GrpcTools::new(runtime.handle().clone(), &format!("http://{addr}"), config)
-        .expect("client");
+    let channel = {
+        let _context = runtime.enter();
+        Security::default().channel(&addr.to_string(), Role::ToolServer).expect("channel")
+    };
+    let mut tools = GrpcTools::new(runtime.handle().clone(), channel, config);
     let starter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
         std::process::Command::new(paretopo_tests::binary("tool-server"))
@@ -139,8 +144,12 @@ fn the_actor_tool_client_retries_until_the_server_is_there() {
         first_backoff: Duration::from_millis(20),
         ..Default::default()
     };
-    let nowhere = format!("http://{}", paretopo_tests::free_addr());
-    let mut tools = GrpcTools::new(runtime.handle().clone(), &nowhere, config).expect("client");
+    let nowhere = {
+        let _context = runtime.enter();
+        let address = paretopo_tests::free_addr().to_string();
+        Security::default().channel(&address, Role::ToolServer).expect("channel")
+    };
+    let mut tools = GrpcTools::new(runtime.handle().clone(), nowhere, config);
     let started = std::time::Instant::now();
     let outputs = tools.run(&requests[..1]);
     assert!(outputs[0].starts_with("error: the tool-server is unreachable"), "{}", outputs[0]);

@@ -481,6 +481,7 @@ mod tests {
             advertised_address: None,
             drain_timeout: Duration::from_secs(1),
             limits: Default::default(),
+            security: Default::default(),
         };
         let toolbox = Toolbox::new(section, corpus).expect("toolbox");
         ToolService::new(Arc::new(Process::new(setup, Instant::now()).await), toolbox)
