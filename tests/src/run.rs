@@ -146,6 +146,17 @@ impl TestRun {
         out
     }
 
+    /// Every log, whole.
+    pub fn logs_full(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.path()).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+
     /// The steps of `metrics.jsonl`, in file order.
     pub fn metrics_steps(&self) -> Vec<u64> {
         std::fs::read_to_string(self.path().join("metrics.jsonl"))
