@@ -13,18 +13,16 @@
 //! The learner draws no random numbers during RL (advantages and the loss are deterministic;
 //! the actors sample), so there is no generator state to save beyond the run seed.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use policy::{AdamW, Qwen2, SaveOptions, Tokenizer};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tch::Tensor;
 
 use crate::ledger::Ledger;
 
 /// The file in each checkpoint that lists every other file's size and SHA-256.
-pub const MANIFEST: &str = "manifest.json";
+pub const MANIFEST: &str = policy::manifest::MANIFEST;
 
 /// What a checkpoint says about the run besides the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,72 +73,10 @@ pub enum CheckpointError {
     },
 }
 
-/// One file's entry in the manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct FileDigest {
-    bytes: u64,
-    sha256: String,
-}
-
-/// `manifest.json`: every file of the checkpoint but itself, by name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Manifest {
-    files: BTreeMap<String, FileDigest>,
-}
-
-fn digest(path: &Path) -> Result<FileDigest, CheckpointError> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = file.read(&mut buffer).map_err(|e| io_error(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        bytes += n as u64;
-    }
-    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(FileDigest { bytes, sha256 })
-}
-
-/// The regular files of a checkpoint directory (flat, as the Hugging Face layout is), but the
-/// manifest.
-fn files_of(dir: &Path) -> Result<Vec<String>, CheckpointError> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
-        let entry = entry.map_err(|e| io_error(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.file_type().map_err(|e| io_error(dir, e))?.is_file() && name != MANIFEST {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
 /// Checks every file of the checkpoint in `dir` against its manifest.
 pub fn verify(dir: &Path) -> Result<(), CheckpointError> {
-    let damaged = |reason: String| CheckpointError::Damaged { dir: dir.to_owned(), reason };
-    let file = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&file).map_err(|e| damaged(format!("{MANIFEST}: {e}")))?;
-    let manifest: Manifest =
-        serde_json::from_str(&text).map_err(|e| damaged(format!("{MANIFEST}: {e}")))?;
-    for (name, want) in &manifest.files {
-        let got = digest(&dir.join(name)).map_err(|e| damaged(e.to_string()))?;
-        if got.bytes != want.bytes {
-            return Err(damaged(format!(
-                "{name} has {} bytes, the manifest says {}",
-                got.bytes, want.bytes
-            )));
-        }
-        if got.sha256 != want.sha256 {
-            return Err(damaged(format!("{name}'s SHA-256 differs from the manifest's")));
-        }
-    }
-    Ok(())
+    policy::manifest::verify(dir)
+        .map_err(|reason| CheckpointError::Damaged { dir: dir.to_owned(), reason })
 }
 
 /// Flushes a file or directory to disk.
@@ -234,16 +170,7 @@ fn write_files(
     let file = tmp.join("trainer_state.json");
     let text = serde_json::to_string_pretty(state).map_err(|e| io_error(&file, e))?;
     std::fs::write(&file, text).map_err(|e| io_error(&file, e))?;
-    let mut manifest = Manifest { files: BTreeMap::new() };
-    for name in files_of(tmp)? {
-        let path = tmp.join(&name);
-        sync(&path)?;
-        manifest.files.insert(name, digest(&path)?);
-    }
-    let file = tmp.join(MANIFEST);
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| io_error(&file, e))?;
-    std::fs::write(&file, text).map_err(|e| io_error(&file, e))?;
-    sync(&file)?;
+    policy::manifest::write(tmp).map_err(|e| io_error(&tmp.join(MANIFEST), e))?;
     // The directory holding `tmp` is synced after the rename, which is what must last.
     sync(tmp)
 }

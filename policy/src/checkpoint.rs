@@ -65,6 +65,14 @@ pub enum CheckpointError {
         /// What is wrong.
         reason: String,
     },
+    /// The checkpoint's files differ from its `manifest.json` (torn, truncated or altered).
+    #[error("checkpoint {dir} is refused: {reason}")]
+    Damaged {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// Which file differs, and how.
+        reason: String,
+    },
     /// The model needs a tensor the checkpoint lacks.
     #[error("{dir}: tensor `{name}` is missing")]
     MissingTensor {
@@ -164,7 +172,11 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
 }
 
 /// Loads a checkpoint directory onto `device`; `kind` overrides the stored dtype.
+///
+/// A directory with a `manifest.json` (every checkpoint the learner writes) must match it file
+/// for file, or it is refused with the name of the file that differs.
 pub fn load(dir: &Path, device: Device, kind: Option<Kind>) -> Result<Checkpoint, CheckpointError> {
+    verify_manifest(dir)?;
     let config = read_config(dir)?;
     let kind = match kind {
         Some(k) => k,
@@ -234,6 +246,15 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
             Ok(dir.join(f))
         })
         .collect()
+}
+
+/// Checks `dir` against its `manifest.json`, when it has one.
+pub fn verify_manifest(dir: &Path) -> Result<(), CheckpointError> {
+    if !dir.join(crate::manifest::MANIFEST).is_file() {
+        return Ok(());
+    }
+    crate::manifest::verify(dir)
+        .map_err(|reason| CheckpointError::Damaged { dir: dir.to_path_buf(), reason })
 }
 
 /// Copies a checkpoint directory's tensors into `model`, checking every name and shape.

@@ -26,6 +26,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod manifest;
 pub mod model;
 pub mod sample;
 pub mod tokenizer;

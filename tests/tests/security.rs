@@ -456,3 +456,35 @@ async fn plaintext_off_loopback_needs_insecure_and_a_certificate_must_be_the_pro
     let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(!stderr.contains(&body[..32]), "the error shows key bytes");
 }
+
+#[test]
+fn a_checkpoint_whose_bytes_were_altered_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().expect("dir");
+    let model = dir.path().join("model");
+    let model_arg = model.display().to_string();
+    let init = paretopo_tests::run_to_end(
+        "policy",
+        &["init", "--config", "tiny", "--seed", "0", "--out", &model_arg],
+    );
+    assert!(init.status.success(), "{init:?}");
+    // A manifest, as the learner writes into each of its checkpoints.
+    policy::manifest::write(&model).expect("manifest");
+    let logits = |model: &str| {
+        paretopo_tests::run_to_end("policy", &["logits", "--model", model, "--input-ids", "1,2,3"])
+    };
+    assert!(logits(&model_arg).status.success(), "the intact checkpoint loads");
+
+    // One byte of the weights changed, its size kept.
+    let weights = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).expect("weights");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&weights, bytes).expect("alter");
+    let refused = logits(&model_arg);
+    assert!(!refused.status.success(), "an altered checkpoint loaded");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("model.safetensors") && stderr.contains("SHA-256"),
+        "the refusal names the file: {stderr}"
+    );
+}
