@@ -74,15 +74,21 @@ pub fn write(dir: &Path) -> std::io::Result<()> {
 
 /// Checks every file `dir/manifest.json` lists; the error names the file that differs.
 pub fn verify(dir: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(dir.join(MANIFEST)).map_err(|e| format!("{MANIFEST}: {e}"))?;
+    let text =
+        std::fs::read_to_string(dir.join(MANIFEST)).map_err(|e| format!("{MANIFEST}: {e}"))?;
     let manifest: Manifest = serde_json::from_str(&text).map_err(|e| format!("{MANIFEST}: {e}"))?;
     for (name, want) in &manifest.files {
         if name.contains('/') || name.contains('\\') || name == ".." {
-            return Err(format!("{MANIFEST} names {name:?}, which is not a file of this directory"));
+            return Err(format!(
+                "{MANIFEST} names {name:?}, which is not a file of this directory"
+            ));
         }
         let got = digest(&dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
         if got.bytes != want.bytes {
-            return Err(format!("{name} has {} bytes, the manifest says {}", got.bytes, want.bytes));
+            return Err(format!(
+                "{name} has {} bytes, the manifest says {}",
+                got.bytes, want.bytes
+            ));
         }
         if got.sha256 != want.sha256 {
             return Err(format!("{name}'s SHA-256 differs from the manifest's"));
