@@ -2,7 +2,9 @@
 # The 8-worker topology as containers of one image on one private Docker network: a
 # coordinator (--nodes 8), 2 learners, 5 actors and a tool-server, each reached by its container
 # name. Once training runs, one actor container is stopped and another is disconnected from the
-# network; the run goes on and completes. Prints what it saw.
+# network; the run goes on and completes. Prints what it saw. Every process runs with mutual TLS:
+# the image's `coordinator certs` makes the run's certificates, and each container mounts its
+# role's read-only.
 #
 #   deploy/run-containers.sh [IMAGE] [STEPS]     (default paretopo:latest, 60)
 #
@@ -49,7 +51,8 @@ collective_port = 7001
 weights_port = 7002
 EOF
 # The image runs as uid 10001; the run directory is this machine's, shared by all.
-chown -R 10001:10001 "$work/run"
+chown -R 10001:10001 "$work"
+docker run --rm -v "$work:/work" "$image" coordinator certs --out /work/tls --run-name containers >/dev/null
 docker network create "$net" >/dev/null
 
 start() {
@@ -57,16 +60,19 @@ start() {
     shift 2
     docker run -d --name "paretopo-$name" --hostname "paretopo-$name" --network "$net" \
         -v "$work/run.toml:/etc/paretopo/run.toml:ro" -v "$work/run:/var/lib/paretopo/run" \
+        -v "$work/tls/$binary:/etc/paretopo-tls:ro" \
         --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges \
         "$image" "$binary" --config /etc/paretopo/run.toml --listen 0.0.0.0:7000 \
-        --metrics-listen 0.0.0.0:9100 "$@" >/dev/null
+        --metrics-listen 0.0.0.0:9100 --tls-dir /etc/paretopo-tls "$@" >/dev/null
 }
 
 # A value of the coordinator's metrics, read from this machine through the network.
 metric() {
     local ip
     ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}}" paretopo-coordinator)
-    curl -sf "http://$ip:9100/metrics" | awk -v m="$1" '$1 == m {print $2}' | cut -d. -f1
+    curl -sf --cacert "$work/tls/ca.crt" --cert "$work/tls/operator/tls.crt" \
+        --key "$work/tls/operator/tls.key" --resolve "coordinator.paretopo:9100:$ip" \
+        "https://coordinator.paretopo:9100/metrics" | awk -v m="$1" '$1 == m {print $2}' | cut -d. -f1
 }
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...

@@ -98,6 +98,52 @@ def check_shape(jobset, configs):
     return nodes, pods
 
 
+def check_least_privilege(jobset, configs):
+    """Every pod non-root with RuntimeDefault seccomp, every container without privilege
+    escalation, capabilities or a writable root, its role's TLS Secret mounted read-only, probes
+    on the plaintext health port (docs/security.md); every run config with TLS on."""
+    for config_name, text in configs.items():
+        security = tomllib.loads(text).get("security", {})
+        if not security.get("tls_dir") or security.get("insecure"):
+            raise ValueError(f"ConfigMap {config_name}: security.tls_dir is unset or insecure is on")
+        health = security.get("health_listen", "")
+        if not health:
+            raise ValueError(f"ConfigMap {config_name}: security.health_listen is unset")
+        health_port = int(health.rsplit(":", 1)[1])
+    for job in jobset["spec"]["replicatedJobs"]:
+        role = job["name"]
+        pod = job["template"]["spec"]["template"]["spec"]
+        where = f"JobSet job {role}"
+        context = pod.get("securityContext", {})
+        if context.get("runAsNonRoot") is not True:
+            raise ValueError(f"{where}: the pod may run as root (securityContext.runAsNonRoot)")
+        if context.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            raise ValueError(f"{where}: seccompProfile is not RuntimeDefault")
+        if pod.get("automountServiceAccountToken") is not False:
+            raise ValueError(f"{where}: the service account token is mounted")
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        if f"paretopo-tls-{role}" not in secrets.values():
+            raise ValueError(f"{where}: no volume of the Secret paretopo-tls-{role}")
+        for container in pod["containers"]:
+            at = f"{where} container {container['name']}"
+            sc = container.get("securityContext", {})
+            if sc.get("allowPrivilegeEscalation") is not False:
+                raise ValueError(f"{at}: allowPrivilegeEscalation is not false")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                raise ValueError(f"{at}: the root filesystem is writable")
+            if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+                raise ValueError(f"{at}: capabilities are not all dropped")
+            if sc.get("privileged"):
+                raise ValueError(f"{at}: privileged")
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] in secrets and mount.get("readOnly") is not True:
+                    raise ValueError(f"{at}: Secret volume {mount['name']} is mounted writable")
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                port = container.get(probe, {}).get("grpc", {}).get("port")
+                if port is not None and port != health_port:
+                    raise ValueError(f"{at}: {probe} uses port {port}, not the health port {health_port}")
+
+
 def validate(label, text, schema):
     docs = [d for d in yaml.safe_load_all(text) if d]
     kinds, jobsets, configs = [], [], {}
@@ -125,8 +171,10 @@ def validate(label, text, schema):
     if not configs:
         raise ValueError("no ConfigMap holds a run.toml")
     nodes, pods = check_shape(jobsets[0], configs)
+    check_least_privilege(jobsets[0], configs)
     plan = ", ".join(f"{pods.get(r, 0)} {r}" for r in WORKER_ROLES)
-    return f"{label}: {len(docs)} objects valid ({', '.join(sorted(set(kinds)))}); --nodes {nodes} = {plan}"
+    return (f"{label}: {len(docs)} objects valid ({', '.join(sorted(set(kinds)))}); least privilege "
+            f"and TLS hold; --nodes {nodes} = {plan}")
 
 
 def main(argv):

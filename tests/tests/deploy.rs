@@ -1,6 +1,7 @@
 //! Issue #9, `deploy/k8s`: every Kustomize overlay renders with `kubectl kustomize` and
 //! validates (built-in objects against Kubernetes 1.37's schemas, strict; JobSets against the
-//! JobSet CRD's schema), and its coordinator's `--nodes` equals its worker pods. The tools come
+//! JobSet CRD's schema), its coordinator's `--nodes` equals its worker pods, and its pods keep
+//! least privilege with TLS on (issue #11). The tools come
 //! from PyPI through `scripts/install-k8s-tools.sh` and `.venv`.
 
 use std::path::PathBuf;
@@ -89,6 +90,26 @@ fn a_wrong_node_count_an_unknown_field_or_a_bad_value_is_refused() {
             "'policytypes' was unexpected",
         ),
         ("jobset-enum", text.replacen("action: RestartJob\n", "action: Restart\n", 1), "Restart"),
+        (
+            "escalation",
+            text.replacen("allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true", 1),
+            "allowPrivilegeEscalation is not false",
+        ),
+        (
+            "writable-secret",
+            text.replacen(
+                "name: tls\n                readOnly: true",
+                "name: tls\n                readOnly: false",
+                1,
+            ),
+            "is mounted writable",
+        ),
+        (
+            "probe-port",
+            text.replacen("port: 8081", "port: 7000", 1),
+            "not the health port 8081",
+        ),
+        ("plaintext", text.replacen("tls_dir = ", "# tls_dir = ", 1), "security.tls_dir is unset"),
     ];
     let crd = workspace_root().join("../shared/k8s/jobset.x-k8s.io_jobsets.yaml");
     let have_crd = std::env::var_os("JOBSET_CRD").is_some() || crd.is_file();
