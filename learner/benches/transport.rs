@@ -12,7 +12,9 @@
 //!
 //! Run with `./dev bench transport` or
 //! `cargo bench -p learner --bench transport -- [--groups N] [--connections N] [--dtype f32|bf16]
-//! [--rounds N] [--ingest-only]`.
+//! [--rounds N] [--ingest-only] [--tls]`. `--tls` runs everything twice in one process, first
+//! plaintext, then with mutual TLS (a fresh CA, the learner's and an actor's certificates, the
+//! authorisation layer), and prints how much slower TLS is (issue #11).
 //! Server and clients share this machine's cores; the numbers include that.
 
 use std::io::{Read, Write as _};
@@ -28,13 +30,14 @@ use paretopo_proto::v1::learner_server::LearnerServer;
 use paretopo_proto::v1::{
     ObjectiveVector, RawMetrics, Trajectory, TrajectoryGroup, WatchPolicyRequest,
 };
+use paretopo_service::config::SecuritySection;
 use paretopo_service::process::{Process, ProcessSetup};
+use paretopo_service::security::Security;
 use paretopo_service::{Role, RunConfig};
 use policy::{ModelConfig, Qwen2};
 use prost::Message;
 use tch::{Device, Kind};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 const GROUP_SIZE: usize = 8;
 const TOKENS: usize = 1024;
@@ -45,11 +48,18 @@ struct Args {
     kind: Kind,
     rounds: usize,
     ingest_only: bool,
+    tls: bool,
 }
 
 fn args() -> Args {
-    let mut args =
-        Args { groups: 200, connections: 4, kind: Kind::Float, rounds: 3, ingest_only: false };
+    let mut args = Args {
+        groups: 200,
+        connections: 4,
+        kind: Kind::Float,
+        rounds: 3,
+        ingest_only: false,
+        tls: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -61,6 +71,7 @@ fn args() -> Args {
                     it.next().and_then(|v| v.parse().ok()).unwrap_or(args.connections)
             }
             "--ingest-only" => args.ingest_only = true,
+            "--tls" => args.tls = true,
             "--rounds" => {
                 args.rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.rounds)
             }
@@ -114,7 +125,7 @@ fn group(actor: usize, seq: u64) -> TrajectoryGroup {
     }
 }
 
-async fn serve(vocab: i64) -> (SocketAddr, Arc<Shared>, Arc<Process>) {
+async fn serve(vocab: i64, security: Arc<Security>) -> (SocketAddr, Arc<Shared>, Arc<Process>) {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
     let address = listener.local_addr().expect("addr");
     let process = Arc::new(
@@ -128,7 +139,7 @@ async fn serve(vocab: i64) -> (SocketAddr, Arc<Shared>, Arc<Process>) {
                 advertised_address: None,
                 drain_timeout: Duration::from_secs(1),
                 limits: Default::default(),
-                security: Default::default(),
+                security,
             },
             Instant::now(),
         )
@@ -154,24 +165,20 @@ async fn serve(vocab: i64) -> (SocketAddr, Arc<Shared>, Arc<Process>) {
         process.shutdown().clone(),
     ));
     let service = LearnerService::new(process.clone(), "cpu".into(), 1, shared.clone());
-    let incoming = TcpListenerStream::new(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(paretopo_service::grpc::STREAM_WINDOW))
-            .initial_connection_window_size(Some(paretopo_service::grpc::CONNECTION_WINDOW))
-            .add_service(LearnerServer::new(service))
-            .serve_with_incoming(incoming),
-    );
+    // The server every learner runs: TLS and the authorisation layer when `security` has a
+    // certificate.
+    let routes = tonic::service::Routes::new(LearnerServer::new(service));
+    tokio::spawn(paretopo_service::grpc::serve(process.clone(), listener, None, routes));
     (address, shared, process)
 }
 
-async fn client(address: SocketAddr) -> LearnerClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+async fn client(
+    address: SocketAddr,
+    security: &Security,
+) -> LearnerClient<tonic::transport::Channel> {
+    let channel = security
+        .endpoint(&address.to_string(), Role::Learner)
         .expect("endpoint")
-        .tcp_nodelay(true)
-        .initial_stream_window_size(paretopo_service::grpc::STREAM_WINDOW)
-        .initial_connection_window_size(paretopo_service::grpc::CONNECTION_WINDOW)
         .connect()
         .await
         .expect("connect");
@@ -181,6 +188,7 @@ async fn client(address: SocketAddr) -> LearnerClient<tonic::transport::Channel>
 /// Streams `groups` groups from each of `connections` actors (a connection each); returns
 /// (seconds, trajectories, bytes).
 async fn ingest(
+    security: &Security,
     address: SocketAddr,
     groups: usize,
     connections: usize,
@@ -190,7 +198,7 @@ async fn ingest(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for actor in 0..connections {
-        let mut client = client(address).await;
+        let mut client = client(address, security).await;
         tasks.push(tokio::spawn(async move {
             let id = actor + connections * round;
             let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -226,11 +234,15 @@ async fn ingest(
 /// Two subscribers as actors run them (`cluster.weights_transport = "tcp"`): each takes the
 /// notices of `WatchPolicy` and fetches the even-numbered versions (the raw rounds') from the
 /// raw weights port into the buffers of the version before, and reports the bytes it holds.
-async fn raw_subscribers(address: SocketAddr) -> tokio::sync::mpsc::Receiver<usize> {
+async fn raw_subscribers(
+    security: Arc<Security>,
+    address: SocketAddr,
+) -> tokio::sync::mpsc::Receiver<usize> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     for i in 0..2 {
-        let mut client = client(address).await;
+        let mut client = client(address, &security).await;
         let tx = tx.clone();
+        let security = security.clone();
         tokio::spawn(async move {
             let request = WatchPolicyRequest {
                 node_id: format!("actor-{i}"),
@@ -245,7 +257,7 @@ async fn raw_subscribers(address: SocketAddr) -> tokio::sync::mpsc::Receiver<usi
                     continue; // a gRPC round's version
                 }
                 let got = actor::runtime::fetch_raw(
-                    &Default::default(),
+                    &security,
                     &notice.raw_address,
                     notice.version,
                     staging.take(),
@@ -283,6 +295,7 @@ async fn publish_raw(
 /// Publishes `model` and times 2 subscribers receiving every chunk; returns the seconds and the
 /// chunks' payloads (for the plain TCP copies of the same bytes).
 async fn publish(
+    security: &Security,
     address: SocketAddr,
     shared: &Shared,
     model: &Qwen2,
@@ -294,7 +307,7 @@ async fn publish(
     let bytes: usize = published.chunks.iter().map(|c| c.data.len()).sum();
     let mut subscribers = Vec::new();
     for i in 0..2 {
-        let mut client = client(address).await;
+        let mut client = client(address, security).await;
         subscribers.push(tokio::spawn(async move {
             let request = WatchPolicyRequest {
                 node_id: format!("actor-{i}"),
@@ -376,61 +389,131 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// One transport's medians: ingest trajectories/s and MB/s; publication seconds over the raw
+/// port and over gRPC chunks (0 with `--ingest-only`).
+struct Medians {
+    trajectories_per_s: f64,
+    mb_per_s: f64,
+    raw_s: f64,
+    grpc_s: f64,
+}
+
+async fn measure(args: &Args, label: &str, server: Arc<Security>, actor: Arc<Security>) -> Medians {
+    let config = ModelConfig::named("qwen2.5-0.5b").expect("config");
+    let (address, shared, process) = serve(config.vocab_size, server).await;
+    process.mark_serving().await;
+    println!(
+        "[{label}] ingest: {} connections x {} groups of {GROUP_SIZE} trajectories x {TOKENS} tokens",
+        args.connections, args.groups
+    );
+    let mut rates = Vec::new();
+    for round in 0..args.rounds {
+        let (seconds, trajectories, bytes) =
+            ingest(&actor, address, args.groups, args.connections, round).await;
+        let (tps, mbps) = (trajectories as f64 / seconds, bytes as f64 / seconds / 1e6);
+        println!(
+            "  round {round}: {trajectories} trajectories in {seconds:.2} s: {tps:.0} trajectories/s, {mbps:.0} MB/s"
+        );
+        rates.push((tps, mbps));
+    }
+    let tps = median(rates.iter().map(|r| r.0).collect());
+    let mbps = median(rates.iter().map(|r| r.1).collect());
+    println!("  median: {tps:.0} trajectories/s, {mbps:.0} MB/s");
+    let mut medians = Medians { trajectories_per_s: tps, mb_per_s: mbps, raw_s: 0.0, grpc_s: 0.0 };
+    if args.ingest_only {
+        process.shutdown().cancel();
+        return medians;
+    }
+
+    let model = Qwen2::zeros(config, args.kind, Device::Cpu);
+    model.init_random(0);
+    println!(
+        "[{label}] publish: qwen2.5-0.5b shape, {} parameters, {:?}, to 2 subscribers",
+        model.parameters().numel(),
+        args.kind
+    );
+    let mut raw_done = raw_subscribers(actor.clone(), address).await;
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        let version = 2 * round as u64 + 1;
+        let (grpc, payloads) = publish(&actor, address, &shared, &model, version).await;
+        let raw = publish_raw(&shared, &model, version + 1, &mut raw_done).await;
+        let bytes: usize = payloads.iter().map(bytes::Bytes::len).sum();
+        if args.tls {
+            println!(
+                "  round {round}: {:.0} MB to 2 subscribers: raw port {raw:.2} s, gRPC chunks {grpc:.2} s",
+                bytes as f64 / 1e6
+            );
+            rounds.push((raw, grpc, 0.0, 0.0));
+            continue;
+        }
+        let once = {
+            let payloads = payloads.clone();
+            tokio::task::spawn_blocking(move || plain_tcp(payloads, 1)).await.expect("tcp")
+        };
+        let twice = tokio::task::spawn_blocking(move || plain_tcp(payloads, 2)).await.expect("tcp");
+        println!(
+            "  round {round}: {:.0} MB to 2 subscribers: raw TCP port {raw:.2} s{}, gRPC chunks {grpc:.2} s; plain TCP once {once:.2} s, to 2 readers at once {twice:.2} s",
+            bytes as f64 / 1e6,
+            if round == 0 { " (fresh buffers)" } else { " (buffers of the version before)" },
+        );
+        rounds.push((raw, grpc, once, twice));
+    }
+    medians.raw_s = median(rounds.iter().map(|r| r.0).collect());
+    medians.grpc_s = median(rounds.iter().map(|r| r.1).collect());
+    if !args.tls {
+        let once = median(rounds.iter().map(|r| r.2).collect());
+        let twice = median(rounds.iter().map(|r| r.3).collect());
+        println!(
+            "  median: raw TCP port {:.2} s ({:.2}x one plain copy, target <= 2), gRPC chunks {:.2} s ({:.2}x); plain TCP once {once:.2} s, to 2 readers {twice:.2} s",
+            medians.raw_s,
+            medians.raw_s / once,
+            medians.grpc_s,
+            medians.grpc_s / once,
+        );
+    }
+    process.shutdown().cancel();
+    medians
+}
+
 fn main() {
     let args = args();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let config = ModelConfig::named("qwen2.5-0.5b").expect("config");
-        let (address, shared, _process) = serve(config.vocab_size).await;
-
-        println!("ingest: {} connections x {} groups of {GROUP_SIZE} trajectories x {TOKENS} tokens", args.connections, args.groups);
-        let mut rates = Vec::new();
-        for round in 0..args.rounds {
-            let (seconds, trajectories, bytes) =
-                ingest(address, args.groups, args.connections, round).await;
-            let (tps, mbps) = (trajectories as f64 / seconds, bytes as f64 / seconds / 1e6);
-            println!("  round {round}: {trajectories} trajectories in {seconds:.2} s: {tps:.0} trajectories/s, {mbps:.0} MB/s");
-            rates.push((tps, mbps));
-        }
-        let tps = median(rates.iter().map(|r| r.0).collect());
-        let mbps = median(rates.iter().map(|r| r.1).collect());
-        println!("  median: {tps:.0} trajectories/s, {mbps:.0} MB/s");
-        if args.ingest_only {
+        let plaintext = Arc::new(Security::default());
+        let plain = measure(&args, "plaintext", plaintext.clone(), plaintext).await;
+        if !args.tls {
             return;
         }
-
-        let model = Qwen2::zeros(config, args.kind, Device::Cpu);
-        model.init_random(0);
-        println!("publish: qwen2.5-0.5b shape, {} parameters, {:?}, to 2 subscribers", model.parameters().numel(), args.kind);
-        let mut raw_done = raw_subscribers(address).await;
-        let mut rounds = Vec::new();
-        for round in 0..args.rounds {
-            let version = 2 * round as u64 + 1;
-            let (grpc, payloads) = publish(address, &shared, &model, version).await;
-            let raw = publish_raw(&shared, &model, version + 1, &mut raw_done).await;
-            let bytes: usize = payloads.iter().map(bytes::Bytes::len).sum();
-            let once = {
-                let payloads = payloads.clone();
-                tokio::task::spawn_blocking(move || plain_tcp(payloads, 1)).await.expect("tcp")
-            };
-            let twice =
-                tokio::task::spawn_blocking(move || plain_tcp(payloads, 2)).await.expect("tcp");
-            println!(
-                "  round {round}: {:.0} MB to 2 subscribers: raw TCP port {raw:.2} s{}, gRPC chunks {grpc:.2} s; plain TCP once {once:.2} s, to 2 readers at once {twice:.2} s",
-                bytes as f64 / 1e6,
-                if round == 0 { " (fresh buffers)" } else { " (buffers of the version before)" },
-            );
-            rounds.push((raw, grpc, once, twice));
-        }
-        let raw = median(rounds.iter().map(|r| r.0).collect());
-        let grpc = median(rounds.iter().map(|r| r.1).collect());
-        let once = median(rounds.iter().map(|r| r.2).collect());
-        let twice = median(rounds.iter().map(|r| r.3).collect());
+        // The same again with mutual TLS: the learner's and an actor's certificates of one CA.
+        let dir = tempfile::tempdir().expect("dir");
+        paretopo_service::certs::make(dir.path(), "bench", 1).expect("certs");
+        let load = |name: &str| {
+            let section = SecuritySection { tls_dir: Some(dir.path().join(name)), ..Default::default() };
+            Arc::new(Security::load(&section).expect("credential"))
+        };
+        let tls = measure(&args, "mTLS", load("learner"), load("actor")).await;
+        let slower = |plain: f64, tls: f64| 100.0 * (plain / tls - 1.0);
+        println!("mTLS against plaintext (target: under 25% slower on both):");
         println!(
-            "  median: raw TCP port {raw:.2} s ({:.2}x one plain copy, target <= 2), gRPC chunks {grpc:.2} s ({:.2}x); plain TCP once {once:.2} s, to 2 readers {twice:.2} s",
-            raw / once,
-            grpc / once,
+            "  intake: {:.0} -> {:.0} trajectories/s ({:.0} -> {:.0} MB/s): {:.1}% slower",
+            plain.trajectories_per_s,
+            tls.trajectories_per_s,
+            plain.mb_per_s,
+            tls.mb_per_s,
+            slower(plain.trajectories_per_s, tls.trajectories_per_s)
         );
+        if !args.ingest_only {
+            println!(
+                "  publication, raw port: {:.2} -> {:.2} s: {:.1}% slower; gRPC chunks: {:.2} -> {:.2} s: {:.1}% slower",
+                plain.raw_s,
+                tls.raw_s,
+                100.0 * (tls.raw_s / plain.raw_s - 1.0),
+                plain.grpc_s,
+                tls.grpc_s,
+                100.0 * (tls.grpc_s / plain.grpc_s - 1.0),
+            );
+        }
     });
 }

@@ -104,11 +104,7 @@ fn a_wrong_node_count_an_unknown_field_or_a_bad_value_is_refused() {
             ),
             "is mounted writable",
         ),
-        (
-            "probe-port",
-            text.replacen("port: 8081", "port: 7000", 1),
-            "not the health port 8081",
-        ),
+        ("probe-port", text.replacen("port: 8081", "port: 7000", 1), "not the health port 8081"),
         ("plaintext", text.replacen("tls_dir = ", "# tls_dir = ", 1), "security.tls_dir is unset"),
     ];
     let crd = workspace_root().join("../shared/k8s/jobset.x-k8s.io_jobsets.yaml");
