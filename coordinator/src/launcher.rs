@@ -131,6 +131,9 @@ pub async fn launch(plan: LaunchPlan) -> anyhow::Result<Ended> {
     stopped.map(|()| ended)
 }
 
+/// Days the local launcher's certificates are valid: a run on one machine resumes for a year.
+const LOCAL_CERT_DAYS: u32 = 365;
+
 /// The run's certificates for mutual TLS: made under `<run.dir>/tls/` the first time and
 /// reused when the run resumes; `None` when the config asks for plaintext (`security.insecure`).
 fn local_tls(config: &RunConfig) -> anyhow::Result<Option<PathBuf>> {
@@ -140,8 +143,14 @@ fn local_tls(config: &RunConfig) -> anyhow::Result<Option<PathBuf>> {
     }
     let dir = config.run.dir.join("tls");
     if !dir.join("ca.crt").exists() {
-        paretopo_service::certs::make(&dir, &config.run.name, 30)
-            .with_context(|| format!("making the run's certificates in {}", dir.display()))?;
+        // Made aside and renamed into place, so an interrupted start leaves nothing half made.
+        let tmp = config.run.dir.join("tls.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_dir_all(&dir);
+        paretopo_service::certs::make(&tmp, &config.run.name, LOCAL_CERT_DAYS)
+            .with_context(|| format!("making the run's certificates in {}", tmp.display()))?;
+        std::fs::rename(&tmp, &dir)
+            .with_context(|| format!("moving the run's certificates to {}", dir.display()))?;
     }
     Ok(Some(dir))
 }

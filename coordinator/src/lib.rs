@@ -619,11 +619,15 @@ fn check_node_owner(
 ) -> Result<(), Status> {
     let Some(caller) = caller else { return Ok(()) };
     match membership.nodes().iter().find(|n| n.id == node_id) {
-        Some(node) if node.role != caller => Err(Status::permission_denied(format!(
-            "node_id: {node_id:?} is a {} node; a {} credential cannot speak for it",
-            node.role.as_str_name(),
-            caller.as_str_name()
-        ))),
+        Some(node) if node.role != caller => {
+            let status = Status::permission_denied(format!(
+                "node_id: {node_id:?} is a {} node; a {} credential cannot speak for it",
+                node.role.as_str_name(),
+                caller.as_str_name()
+            ));
+            tracing::warn!(reason = %status.message(), "call refused: permission denied");
+            Err(status)
+        }
         _ => Ok(()),
     }
 }
@@ -651,11 +655,13 @@ impl Coordinator for CoordinatorService {
         if let Some(caller) = caller
             && caller != role
         {
-            return Err(Status::permission_denied(format!(
+            let status = Status::permission_denied(format!(
                 "role: a {} credential cannot register as {}",
                 caller.as_str_name(),
                 role.as_str_name()
-            )));
+            ));
+            tracing::warn!(peer = ?remote, method = "Register", reason = %status.message(), "call refused: permission denied");
+            return Err(status);
         }
         let (id, epoch, complete) = {
             let mut state = self.lock();
@@ -751,8 +757,14 @@ impl Coordinator for CoordinatorService {
         if !state.membership.nodes().iter().any(|n| n.id == id) {
             return Err(Status::not_found(format!("node_id: {id:?} is not registered")));
         }
-        let mut view = state.membership.rendezvous(&id, &state.nccl_unique_id);
-        view.collective_address = state.collective_address.clone();
+        // The NCCL id and the collective's address are for learners: NCCL itself has no
+        // authentication (docs/security.md), so no other role is told how to join it.
+        let learner_or_plaintext = caller.is_none_or(|c| c == ProtoRole::Learner);
+        let nccl_id = if learner_or_plaintext { &state.nccl_unique_id[..] } else { &[] };
+        let mut view = state.membership.rendezvous(&id, nccl_id);
+        if learner_or_plaintext {
+            view.collective_address = state.collective_address.clone();
+        }
         Ok(Response::new(view))
     }
 
@@ -778,10 +790,12 @@ impl Coordinator for CoordinatorService {
         let message = {
             let mut state = self.lock();
             if !state.membership.is_rank_zero_learner(&request.node_id) {
-                return Err(Status::permission_denied(format!(
+                let status = Status::permission_denied(format!(
                     "node_id: {:?} is not learner rank 0",
                     request.node_id
-                )));
+                ));
+                tracing::warn!(method = "ReportObjectives", reason = %status.message(), "call refused: permission denied");
+                return Err(status);
             }
             let before = state.steering.last_step();
             let update = state.steering.report(request.step, &mean);

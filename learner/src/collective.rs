@@ -164,13 +164,30 @@ impl TcpCollective {
             let mut count = 1;
             while count < world {
                 match listener.accept() {
-                    Ok((stream, _)) => {
-                        stream.set_nonblocking(false).map_err(io(0))?;
-                        configure(&stream, timeout).map_err(io(0))?;
-                        let mut stream = security.accept_blocking(stream).map_err(io(0))?;
-                        let mut hello = [0u8; 8];
-                        stream.read_exact(&mut hello).map_err(io(0))?;
-                        stream.expect_peer(Role::Learner).map_err(io(0))?;
+                    Ok((stream, from)) => {
+                        // The handshake and the hello within what is left of the deadline; a
+                        // connection that fails either (not a learner rank: a port scan, a
+                        // stray client) is dropped, and rank 0 goes on accepting.
+                        let left = deadline
+                            .saturating_duration_since(Instant::now())
+                            .max(Duration::from_millis(10));
+                        let greeted = (|| {
+                            stream.set_nonblocking(false)?;
+                            configure(&stream, left)?;
+                            let mut stream = security.accept_blocking(stream)?;
+                            let mut hello = [0u8; 8];
+                            stream.read_exact(&mut hello)?;
+                            stream.expect_peer(Role::Learner)?;
+                            configure(stream.tcp(), timeout)?;
+                            std::io::Result::Ok((stream, hello))
+                        })();
+                        let (stream, hello) = match greeted {
+                            Ok(greeted) => greeted,
+                            Err(e) => {
+                                tracing::warn!(%from, error = %e, "collective: dropped a connection that did not join as a learner rank");
+                                continue;
+                            }
+                        };
                         let peer =
                             u32::from_le_bytes([hello[0], hello[1], hello[2], hello[3]]) as usize;
                         let their_world =

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actor::weights::{Published, write_raw};
-use std::io::{Read, Write};
+use std::io::Write;
 
 use paretopo_service::Role;
 use paretopo_service::security::Security;
@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// How long one blocking write may stall.
 const WRITE_DEADLINE: Duration = Duration::from_secs(120);
+/// Connections served at once (each actor holds one while it fetches a version).
+const MAX_CONNECTIONS: usize = 256;
 
 /// Serves `published` on `listener` until `shutdown`.
 pub async fn serve(
@@ -31,6 +33,7 @@ pub async fn serve(
     security: Arc<Security>,
     shutdown: CancellationToken,
 ) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -38,9 +41,15 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // At most MAX_CONNECTIONS at once: one more is closed at once.
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = MAX_CONNECTIONS, "weights port busy; connection closed");
+                    continue;
+                };
                 let (published, shutdown) = (published.clone(), shutdown.clone());
                 let security = security.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     tokio::select! {
                         () = shutdown.cancelled() => {}
                         result = send(stream, published, &security) => if let Err(e) = result {
@@ -64,21 +73,16 @@ async fn send(
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline passed");
-    // Blocking reads and writes of the large buffers, on blocking threads: the fast path. The
-    // TLS handshake (when on) happens with the first read, under the request deadline.
-    let tcp = stream.into_std()?;
-    tcp.set_nonblocking(false)?;
-    tcp.set_read_timeout(Some(REQUEST_DEADLINE))?;
-    tcp.set_write_timeout(Some(WRITE_DEADLINE))?;
-    let mut stream = security.accept_blocking(tcp)?;
-    let (mut stream, wanted) = tokio::task::spawn_blocking(move || {
-        let mut wanted = [0u8; 8];
-        stream.read_exact(&mut wanted)?;
-        stream.expect_peer(Role::Actor)?;
-        std::io::Result::Ok((stream, u64::from_le_bytes(wanted)))
-    })
-    .await
-    .map_err(std::io::Error::other)??;
+    // The TLS handshake (when on) and the request, asynchronously under one deadline: a client
+    // that stalls holds no thread. Then blocking writes of the large buffers on a blocking
+    // thread: the fast path.
+    let (mut stream, wanted) =
+        tokio::time::timeout(REQUEST_DEADLINE, security.accept_request::<8>(stream))
+            .await
+            .map_err(|_| timed_out())??;
+    stream.expect_peer(Role::Actor)?;
+    stream.tcp().set_write_timeout(Some(WRITE_DEADLINE))?;
+    let wanted = u64::from_le_bytes(wanted);
     // The version asked for may not be out yet (the notice raced the publication): wait for it.
     let version = tokio::time::timeout(
         REQUEST_DEADLINE,

@@ -19,7 +19,9 @@
 //! another role's method gets PERMISSION_DENIED. Each refusal is logged with the peer address
 //! and the method (never the credential), and reaches no handler, so it changes nothing. A
 //! peer address that fails to authenticate more than `max_auth_failures_per_minute` times in a
-//! minute is refused unchecked for the rest of that minute, logged once.
+//! minute is refused unchecked for the rest of that minute, logged once; a call that presents a
+//! verified client certificate is never held back by that (every process of a local run shares
+//! 127.0.0.1 with whatever guesses tokens there).
 //!
 //! An admitted call carries its [`Principal`] in the request's extensions. Rules that need
 //! more than the role (a node id belongs to the role that registered it; only learner rank 0
@@ -137,8 +139,7 @@ pub fn permits(access: Access, principal: Principal) -> bool {
 /// Failed authentications per peer address, for the rate limit.
 #[derive(Debug, Default)]
 struct Failures {
-    /// Window start and failures in it, by address. Bounded: cleared when it grows past
-    /// `MAX_TRACKED` (an attacker with that many addresses gets no more than a fresh window).
+    /// Window start and failures in it, by address, at most `MAX_TRACKED` addresses.
     by_peer: HashMap<IpAddr, (Instant, u32)>,
 }
 
@@ -157,7 +158,12 @@ impl Failures {
     /// Counts a failure; returns true when this one reaches the limit (logged once).
     fn record(&mut self, peer: IpAddr, limit: u32, now: Instant) -> bool {
         if self.by_peer.len() >= MAX_TRACKED && !self.by_peer.contains_key(&peer) {
-            self.by_peer.clear();
+            // Make room from windows that have ended; when every tracked address is in a live
+            // window, a new address goes untracked rather than freeing one that is limited.
+            self.by_peer.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+            if self.by_peer.len() >= MAX_TRACKED {
+                return false;
+            }
         }
         let entry = self.by_peer.entry(peer).or_insert((now, 0));
         if now.duration_since(entry.0) >= WINDOW {
@@ -181,6 +187,10 @@ impl AuthLayer {
         AuthLayer { security, failures: Arc::default() }
     }
 
+    fn failures(&self) -> std::sync::MutexGuard<'_, Failures> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The decision for `request`, with logging and the rate limit: the caller's principal
     /// (`None` on an open method), or the refusal.
     fn decide<B>(&self, request: &http::Request<B>) -> Result<Option<Principal>, Refusal> {
@@ -197,9 +207,17 @@ impl AuthLayer {
         let peer_ip = peer.map(|p| p.ip());
         let limit = self.security.max_auth_failures_per_minute();
         let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ip) = peer_ip
-            && failures.limited(ip, limit, now)
+        // A verified client certificate is never rate-limited: the limit is for guessing
+        // tokens, and must not lock out the run's processes that share an address with a
+        // guesser (every process of a local run is 127.0.0.1).
+        let has_certificate = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|t| t.peer_certs())
+            .is_some_and(|certs| !certs.is_empty());
+        if !has_certificate
+            && let Some(ip) = peer_ip
+            && self.failures().limited(ip, limit, now)
         {
             return Err(Refusal::RateLimited);
         }
@@ -216,7 +234,7 @@ impl AuthLayer {
             Refusal::Unauthenticated(why) => {
                 tracing::warn!(peer = %peer_shown, method, reason = why, "call refused: unauthenticated");
                 if let Some(ip) = peer_ip
-                    && failures.record(ip, limit, now)
+                    && self.failures().record(ip, limit, now)
                 {
                     tracing::warn!(peer = %peer_shown, limit, "failed authentications reached the limit; refusing this address unchecked for the rest of the minute");
                 }
@@ -352,5 +370,24 @@ mod tests {
         assert!(failures.limited(peer, 3, t0 + Duration::from_secs(59)));
         assert!(!failures.limited(other, 3, t0), "another address is not limited");
         assert!(!failures.limited(peer, 3, t0 + WINDOW), "a new minute starts afresh");
+    }
+
+    #[test]
+    fn a_full_table_keeps_its_limited_addresses() {
+        let mut failures = Failures::default();
+        let t0 = Instant::now();
+        let limited: IpAddr = "10.9.9.9".parse().expect("ip");
+        for _ in 0..3 {
+            failures.record(limited, 3, t0);
+        }
+        for i in 0..(MAX_TRACKED as u32 + 10) {
+            failures.record(IpAddr::from(i.to_be_bytes()), 3, t0);
+        }
+        assert!(failures.by_peer.len() <= MAX_TRACKED);
+        assert!(failures.limited(limited, 3, t0), "new addresses freed a limited one");
+        // Once the windows are over, the table makes room again.
+        let later = t0 + WINDOW;
+        failures.record("10.1.1.1".parse().expect("ip"), 3, later);
+        assert!(failures.by_peer.len() <= 2, "{}", failures.by_peer.len());
     }
 }

@@ -59,7 +59,6 @@ pub fn make(out: &Path, run_name: &str, days: u32) -> anyhow::Result<Made> {
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let ca_pem = ca_cert.pem();
-    write_public(&out.join("ca.crt"), ca_pem.as_bytes())?;
     write_secret(&out.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
     let issuer = Issuer::new(ca_params, ca_key);
 
@@ -91,6 +90,8 @@ pub fn make(out: &Path, run_name: &str, days: u32) -> anyhow::Result<Made> {
         }
         dirs.push((principal, dir));
     }
+    // Last: a directory with `ca.crt` is complete (the check above, and the local launcher).
+    write_public(&out.join("ca.crt"), ca_pem.as_bytes())?;
     Ok(Made { dirs })
 }
 

@@ -202,9 +202,9 @@ fn digest_of(log: &str, message: &str, step: u64) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cpu_learner_ranks_hold_the_same_parameters() {
-    // Two learners, each fed by its own actor, all-reduce over TCP; every step both apply the
-    // same summed gradient, so they end with the same bits.
-    let run = TestRun::new(5, 3, &[]);
+    // Two learners, each fed by its own actor, all-reduce over TCP (TLS between the ranks);
+    // every step both apply the same summed gradient, so they end with the same bits.
+    let run = TestRun::new(5, 3, &[]).with_mtls();
     let mut coordinator = run.start("coordinator", "coordinator", run.coordinator);
     coordinator.wait_serving(Duration::from_secs(20)).await;
     let mut tool_server = run.start("tool-server", "tool-server", free_addr());

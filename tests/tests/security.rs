@@ -412,7 +412,7 @@ async fn the_plaintext_health_port_serves_health_and_nothing_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_failures_from_one_address_are_refused_unchecked_for_the_minute() {
+async fn repeated_token_failures_from_one_address_are_refused_unchecked_for_the_minute() {
     let run = TestRun::new(1, 1, &["security.max_auth_failures_per_minute=3"]).with_mtls();
     let mut tool_server = run.start("tool-server", "tool-server", paretopo_tests::free_addr());
     tool_server.wait_serving(Duration::from_secs(20)).await;
@@ -435,6 +435,12 @@ async fn repeated_failures_from_one_address_are_refused_unchecked_for_the_minute
         .expect_err("rate-limited");
     assert_eq!(answer.code(), Code::Unauthenticated);
     assert!(answer.message().contains("too many failed"), "{}", answer.message());
+    // A verified certificate from the same address is not held back by the limit.
+    let operator = Caller::Certificate(Principal::Operator);
+    let (channel, bearer) = dial(&tls, &tool_server, Role::ToolServer, operator).await;
+    let answer =
+        ToolServerClient::with_interceptor(channel, bearer).get_status(GetStatusRequest {}).await;
+    assert!(answer.is_ok(), "a certificate was rate-limited: {answer:?}");
     let log = std::fs::read_to_string(run.log("tool-server")).expect("log");
     assert_eq!(log.matches("reached the limit").count(), 1, "the limit is logged once");
 }
