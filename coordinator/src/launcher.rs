@@ -80,12 +80,8 @@ struct Started {
 
 impl Started {
     fn role(&self) -> Role {
-        match self.binary {
-            "coordinator" => Role::Coordinator,
-            "learner" => Role::Learner,
-            "tool-server" => Role::ToolServer,
-            _ => Role::Actor,
-        }
+        // Each binary is named after its role.
+        Role::from_name(self.binary).unwrap_or(Role::Actor)
     }
 }
 

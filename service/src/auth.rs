@@ -109,8 +109,7 @@ pub fn authenticate<B>(
     request: &http::Request<B>,
     security: &Security,
 ) -> Result<Principal, Refusal> {
-    let tls = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-    if let Some(leaf) = tls.and_then(|t| t.peer_certs()).and_then(|c| c.first().cloned()) {
+    if let Some(leaf) = client_certificate(request) {
         return principal_of(&leaf)
             .map_err(|_| Refusal::Unauthenticated("the client certificate names no principal"));
     }
@@ -126,6 +125,15 @@ pub fn authenticate<B>(
         .tokens()
         .principal_of(token.trim().as_bytes())
         .ok_or(Refusal::Unauthenticated("the bearer token is not accepted"))
+}
+
+/// The leaf of the client certificate the request's TLS connection presented (rustls has
+/// verified its chain against the run's CA), if any.
+fn client_certificate<B>(
+    request: &http::Request<B>,
+) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    let tls = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    tls.peer_certs()?.first().cloned()
 }
 
 /// Whether `principal` may call a method with `access`.
@@ -210,12 +218,7 @@ impl AuthLayer {
         // A verified client certificate is never rate-limited: the limit is for guessing
         // tokens, and must not lock out the run's processes that share an address with a
         // guesser (every process of a local run is 127.0.0.1).
-        let has_certificate = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|t| t.peer_certs())
-            .is_some_and(|certs| !certs.is_empty());
-        if !has_certificate
+        if client_certificate(request).is_none()
             && let Some(ip) = peer_ip
             && self.failures().limited(ip, limit, now)
         {

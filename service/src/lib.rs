@@ -54,6 +54,14 @@ impl Role {
         }
     }
 
+    /// The role called `name` (`coordinator`, `learner`, `actor`, `tool-server`: also the
+    /// names of the binaries).
+    pub fn from_name(name: &str) -> Option<Role> {
+        [Role::Coordinator, Role::Learner, Role::Actor, Role::ToolServer]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
+
     /// The protobuf enum value.
     pub fn to_proto(self) -> paretopo_proto::v1::Role {
         use paretopo_proto::v1::Role as P;

@@ -185,12 +185,7 @@ impl Server {
 
     /// The endpoint of its gRPC port, dialled with [`Server::dialer`].
     pub fn endpoint(&self) -> tonic::transport::Endpoint {
-        let role = match self.name {
-            "coordinator" => Role::Coordinator,
-            "learner" => Role::Learner,
-            "tool-server" => Role::ToolServer,
-            _ => Role::Actor,
-        };
+        let role = Role::from_name(self.name).unwrap_or(Role::Actor);
         self.dialer.endpoint(&self.grpc.to_string(), role).expect("endpoint")
     }
 
