@@ -24,7 +24,8 @@ use anyhow::{Context, bail};
 use paretopo_proto::v1::learner_client::LearnerClient;
 use paretopo_proto::v1::{GroupOutcome, TrajectoryGroup, WatchPolicyRequest};
 use paretopo_service::cluster::{self, Backoff, Progress};
-use paretopo_service::security::Security;
+use paretopo_service::sealed;
+use paretopo_service::security::{BlockingStream, Security};
 use paretopo_service::{Process, Role, RunConfig};
 use policy::{Qwen2, Sampler, Session, Tokenizer};
 use tasks::datasets::{self, Example};
@@ -384,8 +385,10 @@ pub async fn follow_policy(
 /// Fetches policy `version` (or a newer one, if the learner has moved on) from a learner's
 /// raw weights port: sends the version wanted (u64, little-endian), reads one version in
 /// [`crate::weights::read_raw`]'s format on a blocking thread (plain blocking reads of large
-/// buffers are what makes this path fast), into `staging`'s buffers where they fit. Every
-/// read and write times out after two minutes.
+/// buffers are what makes this path fast), into `staging`'s buffers where they fit. With TLS,
+/// the learner offers the version's key over TLS and the version follows as sealed frames,
+/// decrypted where they land (`paretopo_service::sealed`). Every read and write times out
+/// after two minutes.
 pub async fn fetch_raw(
     security: &Security,
     address: &str,
@@ -402,11 +405,23 @@ pub async fn fetch_raw(
     tcp.set_write_timeout(Some(Duration::from_secs(120)))?;
     let stream = security.connect_blocking(tcp, Role::Learner)?;
     let fetch = move || -> std::io::Result<PolicyVersion> {
+        use std::io::Read as _;
         use std::io::Write as _;
         let mut stream = stream;
         stream.write_all(&version.to_le_bytes())?;
         stream.flush()?;
-        crate::weights::read_raw(&mut std::io::BufReader::with_capacity(1 << 16, stream), staging)
+        let BlockingStream::Client(mut tls) = stream else {
+            let mut plain = std::io::BufReader::with_capacity(1 << 16, stream);
+            return crate::weights::read_raw(&mut plain, staging);
+        };
+        let mut offer = [0u8; sealed::OFFER_LEN];
+        tls.read_exact(&mut offer)?;
+        let key = sealed::ObjectKey::from_offer(&offer);
+        // Nothing more comes over TLS: the learner sends the frames once it has this.
+        tls.write_all(&[sealed::READY])?;
+        tls.flush()?;
+        let (_, tcp) = tls.into_parts();
+        crate::weights::read_raw(&mut sealed::SealedReader::new(tcp, key), staging)
     };
     tokio::task::spawn_blocking(fetch)
         .await

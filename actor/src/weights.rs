@@ -210,6 +210,15 @@ const RAW_MAX_TENSORS: usize = 1 << 16;
 /// each) and byte length (u64), then every tensor's bytes in header order. All integers are
 /// little-endian.
 pub fn write_raw(out: &mut impl Write, published: &Published) -> std::io::Result<()> {
+    out.write_all(&raw_header(published))?;
+    for chunk in &published.chunks {
+        out.write_all(&chunk.data)?;
+    }
+    out.flush()
+}
+
+/// The header [`write_raw`] writes before the tensors' bytes (the chunks' payloads, in order).
+pub fn raw_header(published: &Published) -> Vec<u8> {
     // Chunks come tensor by tensor in order, so a tensor's chunks are consecutive.
     let mut tensors: Vec<(&WeightChunk, u64)> = Vec::new();
     for chunk in &published.chunks {
@@ -235,11 +244,7 @@ pub fn write_raw(out: &mut impl Write, published: &Published) -> std::io::Result
         }
         header.extend_from_slice(&len.to_le_bytes());
     }
-    out.write_all(&header)?;
-    for chunk in &published.chunks {
-        out.write_all(&chunk.data)?;
-    }
-    out.flush()
+    header
 }
 
 fn invalid(message: String) -> std::io::Error {

@@ -12,9 +12,10 @@
 //!
 //! Run with `./dev bench transport` or
 //! `cargo bench -p learner --bench transport -- [--groups N] [--connections N] [--dtype f32|bf16]
-//! [--rounds N] [--ingest-only] [--tls]`. `--tls` runs everything twice in one process, first
-//! plaintext, then with mutual TLS (a fresh CA, the learner's and an actor's certificates, the
-//! authorisation layer), and prints how much slower TLS is (issue #11).
+//! [--rounds N] [--ingest-only] [--tls]`. `--tls` serves two learners in one process, one
+//! plaintext and one with mutual TLS (a fresh CA, the learner's and an actor's certificates,
+//! the authorisation layer), runs every round on both in turn (the order swapped each round,
+//! so that both see the machine alike), and prints how much slower TLS is (issue #11).
 //! Server and clients share this machine's cores; the numbers include that.
 
 use std::io::{Read, Write as _};
@@ -398,81 +399,133 @@ struct Medians {
     grpc_s: f64,
 }
 
-async fn measure(args: &Args, label: &str, server: Arc<Security>, actor: Arc<Security>) -> Medians {
+/// One learner's service as the benchmark drives it: plaintext, or with mutual TLS.
+struct Side {
+    label: &'static str,
+    actor: Arc<Security>,
+    address: SocketAddr,
+    shared: Arc<Shared>,
+    process: Arc<Process>,
+}
+
+/// Runs every round on each side in turn, the order swapped each round, so that both see the
+/// same state of the machine ("side by side in one run"); returns each side's medians.
+async fn measure(
+    args: &Args,
+    credentials: Vec<(&'static str, Arc<Security>, Arc<Security>)>,
+) -> Vec<Medians> {
     let config = ModelConfig::named("qwen2.5-0.5b").expect("config");
-    let (address, shared, process) = serve(config.vocab_size, server).await;
-    process.mark_serving().await;
+    let mut sides = Vec::new();
+    for (label, server, actor) in credentials {
+        let (address, shared, process) = serve(config.vocab_size, server).await;
+        process.mark_serving().await;
+        sides.push(Side { label, actor, address, shared, process });
+    }
+    let order = |round: usize| -> Vec<usize> {
+        let mut order: Vec<usize> = (0..sides.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        order
+    };
     println!(
-        "[{label}] ingest: {} connections x {} groups of {GROUP_SIZE} trajectories x {TOKENS} tokens",
+        "ingest: {} connections x {} groups of {GROUP_SIZE} trajectories x {TOKENS} tokens",
         args.connections, args.groups
     );
-    let mut rates = Vec::new();
+    let mut rates = vec![Vec::new(); sides.len()];
     for round in 0..args.rounds {
-        let (seconds, trajectories, bytes) =
-            ingest(&actor, address, args.groups, args.connections, round).await;
-        let (tps, mbps) = (trajectories as f64 / seconds, bytes as f64 / seconds / 1e6);
-        println!(
-            "  round {round}: {trajectories} trajectories in {seconds:.2} s: {tps:.0} trajectories/s, {mbps:.0} MB/s"
-        );
-        rates.push((tps, mbps));
+        for i in order(round) {
+            let side = &sides[i];
+            let (seconds, trajectories, bytes) =
+                ingest(&side.actor, side.address, args.groups, args.connections, round).await;
+            let (tps, mbps) = (trajectories as f64 / seconds, bytes as f64 / seconds / 1e6);
+            println!(
+                "  [{}] round {round}: {trajectories} trajectories in {seconds:.2} s: {tps:.0} trajectories/s, {mbps:.0} MB/s",
+                side.label
+            );
+            rates[i].push((tps, mbps));
+        }
     }
-    let tps = median(rates.iter().map(|r| r.0).collect());
-    let mbps = median(rates.iter().map(|r| r.1).collect());
-    println!("  median: {tps:.0} trajectories/s, {mbps:.0} MB/s");
-    let mut medians = Medians { trajectories_per_s: tps, mb_per_s: mbps, raw_s: 0.0, grpc_s: 0.0 };
+    let mut medians: Vec<Medians> = rates
+        .iter()
+        .zip(&sides)
+        .map(|(rates, side)| {
+            let tps = median(rates.iter().map(|r| r.0).collect());
+            let mbps = median(rates.iter().map(|r| r.1).collect());
+            println!("  [{}] median: {tps:.0} trajectories/s, {mbps:.0} MB/s", side.label);
+            Medians { trajectories_per_s: tps, mb_per_s: mbps, raw_s: 0.0, grpc_s: 0.0 }
+        })
+        .collect();
     if args.ingest_only {
-        process.shutdown().cancel();
+        sides.iter().for_each(|side| side.process.shutdown().cancel());
         return medians;
     }
 
     let model = Qwen2::zeros(config, args.kind, Device::Cpu);
     model.init_random(0);
     println!(
-        "[{label}] publish: qwen2.5-0.5b shape, {} parameters, {:?}, to 2 subscribers",
+        "publish: qwen2.5-0.5b shape, {} parameters, {:?}, to 2 subscribers",
         model.parameters().numel(),
         args.kind
     );
-    let mut raw_done = raw_subscribers(actor.clone(), address).await;
-    let mut rounds = Vec::new();
+    let mut raw_done = Vec::new();
+    for side in &sides {
+        raw_done.push(raw_subscribers(side.actor.clone(), side.address).await);
+    }
+    let mut rounds = vec![Vec::new(); sides.len()];
     for round in 0..args.rounds {
         let version = 2 * round as u64 + 1;
-        let (grpc, payloads) = publish(&actor, address, &shared, &model, version).await;
-        let raw = publish_raw(&shared, &model, version + 1, &mut raw_done).await;
-        let bytes: usize = payloads.iter().map(bytes::Bytes::len).sum();
-        if args.tls {
+        for i in order(round) {
+            let side = &sides[i];
+            let (grpc, payloads) =
+                publish(&side.actor, side.address, &side.shared, &model, version).await;
+            let raw = publish_raw(&side.shared, &model, version + 1, &mut raw_done[i]).await;
+            let bytes: usize = payloads.iter().map(bytes::Bytes::len).sum();
+            let buffers =
+                if round == 0 { " (fresh buffers)" } else { " (buffers of the version before)" };
+            if sides.len() > 1 {
+                println!(
+                    "  [{}] round {round}: {:.0} MB to 2 subscribers: raw port {raw:.2} s{buffers}, gRPC chunks {grpc:.2} s",
+                    side.label,
+                    bytes as f64 / 1e6
+                );
+                rounds[i].push((raw, grpc, 0.0, 0.0));
+                continue;
+            }
+            let once = {
+                let payloads = payloads.clone();
+                tokio::task::spawn_blocking(move || plain_tcp(payloads, 1)).await.expect("tcp")
+            };
+            let twice =
+                tokio::task::spawn_blocking(move || plain_tcp(payloads, 2)).await.expect("tcp");
             println!(
-                "  round {round}: {:.0} MB to 2 subscribers: raw port {raw:.2} s, gRPC chunks {grpc:.2} s",
-                bytes as f64 / 1e6
+                "  round {round}: {:.0} MB to 2 subscribers: raw TCP port {raw:.2} s{buffers}, gRPC chunks {grpc:.2} s; plain TCP once {once:.2} s, to 2 readers at once {twice:.2} s",
+                bytes as f64 / 1e6,
             );
-            rounds.push((raw, grpc, 0.0, 0.0));
-            continue;
+            rounds[i].push((raw, grpc, once, twice));
         }
-        let once = {
-            let payloads = payloads.clone();
-            tokio::task::spawn_blocking(move || plain_tcp(payloads, 1)).await.expect("tcp")
-        };
-        let twice = tokio::task::spawn_blocking(move || plain_tcp(payloads, 2)).await.expect("tcp");
-        println!(
-            "  round {round}: {:.0} MB to 2 subscribers: raw TCP port {raw:.2} s{}, gRPC chunks {grpc:.2} s; plain TCP once {once:.2} s, to 2 readers at once {twice:.2} s",
-            bytes as f64 / 1e6,
-            if round == 0 { " (fresh buffers)" } else { " (buffers of the version before)" },
-        );
-        rounds.push((raw, grpc, once, twice));
     }
-    medians.raw_s = median(rounds.iter().map(|r| r.0).collect());
-    medians.grpc_s = median(rounds.iter().map(|r| r.1).collect());
-    if !args.tls {
-        let once = median(rounds.iter().map(|r| r.2).collect());
-        let twice = median(rounds.iter().map(|r| r.3).collect());
-        println!(
-            "  median: raw TCP port {:.2} s ({:.2}x one plain copy, target <= 2), gRPC chunks {:.2} s ({:.2}x); plain TCP once {once:.2} s, to 2 readers {twice:.2} s",
-            medians.raw_s,
-            medians.raw_s / once,
-            medians.grpc_s,
-            medians.grpc_s / once,
-        );
+    for ((medians, rounds), side) in medians.iter_mut().zip(&rounds).zip(&sides) {
+        medians.raw_s = median(rounds.iter().map(|r| r.0).collect());
+        medians.grpc_s = median(rounds.iter().map(|r| r.1).collect());
+        if sides.len() == 1 {
+            let once = median(rounds.iter().map(|r| r.2).collect());
+            let twice = median(rounds.iter().map(|r| r.3).collect());
+            println!(
+                "  median: raw TCP port {:.2} s ({:.2}x one plain copy, target <= 2), gRPC chunks {:.2} s ({:.2}x); plain TCP once {once:.2} s, to 2 readers {twice:.2} s",
+                medians.raw_s,
+                medians.raw_s / once,
+                medians.grpc_s,
+                medians.grpc_s / once,
+            );
+        } else {
+            println!(
+                "  [{}] median: raw port {:.2} s, gRPC chunks {:.2} s",
+                side.label, medians.raw_s, medians.grpc_s
+            );
+        }
+        side.process.shutdown().cancel();
     }
-    process.shutdown().cancel();
     medians
 }
 
@@ -482,18 +535,21 @@ fn main() {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let plaintext = Arc::new(Security::default());
-        let plain = measure(&args, "plaintext", plaintext.clone(), plaintext).await;
-        if !args.tls {
-            return;
-        }
-        // The same again with mutual TLS: the learner's and an actor's certificates of one CA.
+        let mut sides = vec![("plaintext", plaintext.clone(), plaintext)];
+        // With --tls, the same beside it with mutual TLS: the learner's and an actor's
+        // certificates of one CA.
         let dir = tempfile::tempdir().expect("dir");
-        paretopo_service::certs::make(dir.path(), "bench", 1).expect("certs");
-        let load = |name: &str| {
-            let section = SecuritySection { tls_dir: Some(dir.path().join(name)), ..Default::default() };
-            Arc::new(Security::load(&section).expect("credential"))
-        };
-        let tls = measure(&args, "mTLS", load("learner"), load("actor")).await;
+        if args.tls {
+            paretopo_service::certs::make(dir.path(), "bench", 1).expect("certs");
+            let load = |name: &str| {
+                let section =
+                    SecuritySection { tls_dir: Some(dir.path().join(name)), ..Default::default() };
+                Arc::new(Security::load(&section).expect("credential"))
+            };
+            sides.push(("mTLS", load("learner"), load("actor")));
+        }
+        let medians = measure(&args, sides).await;
+        let [plain, tls] = &medians[..] else { return };
         let slower = |plain: f64, tls: f64| 100.0 * (plain / tls - 1.0);
         println!("mTLS against plaintext (target: under 25% slower on both):");
         println!(

@@ -4,17 +4,23 @@
 //! straight from the published chunks. One task per connection; every read and write has a
 //! deadline, and shutdown ends the accept loop.
 //!
-//! With TLS on, the port speaks TLS and serves only clients whose certificate names an actor
-//! (docs/security.md). What it does not do: decide what to publish (the trainer does).
+//! With TLS on, the port serves only clients whose certificate names an actor, and the version
+//! travels as sealed frames (`paretopo_service::sealed`): the request and the version's key go
+//! over TLS, then the frames follow outside it. Each version is sealed once, frame by frame as
+//! the first connection reaches each frame, and every actor reads the same frames, so the
+//! learner encrypts a version once however many actors fetch it; the sealed copy is held until
+//! a newer version is fetched (docs/security.md). What it does not do: decide what to publish
+//! (the trainer does).
 
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use actor::weights::{Published, write_raw};
-use std::io::Write;
-
+use actor::weights::{Published, raw_header, write_raw};
 use paretopo_service::Role;
-use paretopo_service::security::Security;
+use paretopo_service::sealed::{self, ObjectKey};
+use paretopo_service::security::{Security, expect_client};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +32,81 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(120);
 /// Connections served at once (each actor holds one while it fetches a version).
 const MAX_CONNECTIONS: usize = 256;
 
+/// One version as sealed frames: the raw header cut to frame size, then every chunk's bytes,
+/// each frame sealed when a connection first needs it and kept for the next.
+struct SealedVersion {
+    published: Arc<Published>,
+    key: ObjectKey,
+    header: Vec<u8>,
+    header_frames: usize,
+    frames: Vec<OnceLock<Vec<u8>>>,
+    /// Buffers of the version before, sealed into again: first-touch page faults on gigabytes
+    /// of fresh memory cost more than the sealing (BENCHMARKS.md).
+    spare: Mutex<Vec<Vec<u8>>>,
+}
+
+impl SealedVersion {
+    fn new(published: Arc<Published>, spare: Vec<Vec<u8>>) -> std::io::Result<Self> {
+        let key = ObjectKey::generate(published.version)?;
+        let header = raw_header(&published);
+        let header_frames = header.len().div_ceil(sealed::MAX_FRAME).max(1);
+        let count = header_frames + published.chunks.len();
+        let frames = (0..count).map(|_| OnceLock::new()).collect();
+        Ok(Self { published, key, header, header_frames, frames, spare: Mutex::new(spare) })
+    }
+
+    /// Frame `index`, sealed now if no connection has sealed it yet.
+    fn frame(&self, index: usize) -> &[u8] {
+        self.frames[index].get_or_init(|| {
+            let plaintext = match index.checked_sub(self.header_frames) {
+                Some(chunk) => &self.published.chunks[chunk].data[..],
+                None => {
+                    let start = index * sealed::MAX_FRAME;
+                    &self.header[start..(start + sealed::MAX_FRAME).min(self.header.len())]
+                }
+            };
+            let buffer = lock(&self.spare).pop().unwrap_or_default();
+            self.key.seal_into(index as u64, index + 1 == self.frames.len(), plaintext, buffer)
+        })
+    }
+
+    fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        for index in 0..self.frames.len() {
+            out.write_all(self.frame(index))?;
+        }
+        out.flush()
+    }
+}
+
+/// The sealed copy of the newest version a connection asked for, shared by all connections.
+#[derive(Default)]
+struct SealedCache(Mutex<Option<Arc<SealedVersion>>>);
+
+impl SealedCache {
+    fn get(&self, published: &Arc<Published>) -> std::io::Result<Arc<SealedVersion>> {
+        let mut newest = lock(&self.0);
+        if let Some(sealed) = newest.as_ref().filter(|s| Arc::ptr_eq(&s.published, published)) {
+            return Ok(sealed.clone());
+        }
+        // The version before gives its buffers when no connection still sends it, last frame
+        // first, so that frame i is sealed into the old frame i's buffer (the same size when
+        // the model is) as they are popped.
+        let spare = match newest.take().map(Arc::try_unwrap) {
+            Some(Ok(old)) => {
+                old.frames.into_iter().rev().filter_map(OnceLock::into_inner).collect()
+            }
+            _ => Vec::new(),
+        };
+        let sealed = Arc::new(SealedVersion::new(published.clone(), spare)?);
+        *newest = Some(sealed.clone());
+        Ok(sealed)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Serves `published` on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -34,6 +115,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let cache = Arc::new(SealedCache::default());
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -47,12 +129,12 @@ pub async fn serve(
                     continue;
                 };
                 let (published, shutdown) = (published.clone(), shutdown.clone());
-                let security = security.clone();
+                let (security, cache) = (security.clone(), cache.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
                     tokio::select! {
                         () = shutdown.cancelled() => {}
-                        result = send(stream, published, &security) => if let Err(e) = result {
+                        result = send(stream, published, &security, &cache) => if let Err(e) = result {
                             tracing::warn!(%peer, error = %e, "a weights transfer failed");
                         },
                     }
@@ -66,24 +148,72 @@ pub async fn serve(
     }
 }
 
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline passed")
+}
+
+/// Serves one connection: the request under a deadline (asynchronously, so a client that
+/// stalls holds no thread), then the version from a blocking thread (blocking writes of large
+/// buffers are the fast path).
 async fn send(
-    stream: TcpStream,
+    mut stream: TcpStream,
     mut published: watch::Receiver<Option<Arc<Published>>>,
     security: &Security,
+    cache: &SealedCache,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline passed");
-    // The TLS handshake (when on) and the request, asynchronously under one deadline: a client
-    // that stalls holds no thread. Then blocking writes of the large buffers on a blocking
-    // thread: the fast path.
-    let (mut stream, wanted) =
-        tokio::time::timeout(REQUEST_DEADLINE, security.accept_request::<8>(stream))
+    let Some(config) = security.rustls_server_config() else {
+        let mut wanted = [0u8; 8];
+        tokio::time::timeout(REQUEST_DEADLINE, stream.read_exact(&mut wanted))
             .await
             .map_err(|_| timed_out())??;
-    stream.expect_peer(Role::Actor)?;
-    stream.tcp().set_write_timeout(Some(WRITE_DEADLINE))?;
-    let wanted = u64::from_le_bytes(wanted);
-    // The version asked for may not be out yet (the notice raced the publication): wait for it.
+        let Some(version) = wait_for(&mut published, u64::from_le_bytes(wanted)).await? else {
+            return Ok(());
+        };
+        let mut stream = blocking(stream)?;
+        return tokio::task::spawn_blocking(move || write_raw(&mut stream, &version))
+            .await
+            .map_err(std::io::Error::other)?;
+    };
+    let handshake = async {
+        let mut tls = tokio_rustls::TlsAcceptor::from(config).accept(stream).await?;
+        expect_client(tls.get_ref().1, Role::Actor)?;
+        let mut wanted = [0u8; 8];
+        tls.read_exact(&mut wanted).await?;
+        std::io::Result::Ok((tls, u64::from_le_bytes(wanted)))
+    };
+    let (mut tls, wanted) =
+        tokio::time::timeout(REQUEST_DEADLINE, handshake).await.map_err(|_| timed_out())??;
+    let Some(version) = wait_for(&mut published, wanted).await? else { return Ok(()) };
+    let sealed = cache.get(&version)?;
+    // The key over TLS; the client answers once it has read all that TLS carried, so what
+    // follows on the socket is the frames alone.
+    let offer = async {
+        tls.write_all(&sealed.key.offer()).await?;
+        tls.flush().await?;
+        let mut ready = [0u8; 1];
+        tls.read_exact(&mut ready).await?;
+        std::io::Result::Ok(ready[0] == sealed::READY)
+    };
+    if !tokio::time::timeout(REQUEST_DEADLINE, offer).await.map_err(|_| timed_out())?? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the client did not answer the offer",
+        ));
+    }
+    let (tcp, _) = tls.into_inner();
+    let mut tcp = blocking(tcp)?;
+    tokio::task::spawn_blocking(move || sealed.write(&mut tcp))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// The newest version once it is at least `wanted` (the notice may have raced the
+/// publication); `None` when nothing is published.
+async fn wait_for(
+    published: &mut watch::Receiver<Option<Arc<Published>>>,
+    wanted: u64,
+) -> std::io::Result<Option<Arc<Published>>> {
     let version = tokio::time::timeout(
         REQUEST_DEADLINE,
         published.wait_for(|p| p.as_ref().is_some_and(|p| p.version >= wanted)),
@@ -92,11 +222,129 @@ async fn send(
     .map_err(|_| timed_out())?
     .map_err(|_| std::io::Error::other("the learner stopped publishing"))?
     .clone();
-    let Some(version) = version else { return Ok(()) };
-    tokio::task::spawn_blocking(move || {
-        write_raw(&mut stream, &version)?;
-        stream.flush()
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    Ok(version)
+}
+
+/// The socket as a blocking one, with the write deadline.
+fn blocking(stream: TcpStream) -> std::io::Result<std::net::TcpStream> {
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(WRITE_DEADLINE))?;
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actor::weights::{PolicyVersion, publish};
+    use paretopo_service::config::SecuritySection;
+    use policy::{ModelConfig, Qwen2};
+    use tch::{Device, Kind};
+
+    /// Every tensor's bytes as published, by name: what an actor must end up holding.
+    fn expected(published: &Published) -> std::collections::HashMap<String, Vec<u8>> {
+        let mut tensors = std::collections::HashMap::<String, Vec<u8>>::new();
+        for chunk in &published.chunks {
+            tensors.entry(chunk.tensor_name.clone()).or_default().extend_from_slice(&chunk.data);
+        }
+        tensors
+    }
+
+    fn assert_holds(got: &PolicyVersion, published: &Published) {
+        assert_eq!(got.version, published.version);
+        let want = expected(published);
+        assert_eq!(got.tensors.len(), want.len());
+        for (name, bytes) in want {
+            assert!(got.tensors[&name].bytes == bytes, "{name} differs");
+        }
+    }
+
+    async fn learner_port(
+        security: Arc<Security>,
+    ) -> (String, watch::Sender<Option<Arc<Published>>>, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let (published, watched) = watch::channel(None);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(listener, watched, security, shutdown.clone()));
+        (address, published, shutdown)
+    }
+
+    fn model(seed: i64) -> Qwen2 {
+        let model =
+            Qwen2::zeros(ModelConfig::named("tiny").expect("tiny"), Kind::Float, Device::Cpu);
+        model.init_random(seed);
+        model
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn actors_get_every_byte_sealed_and_other_roles_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        paretopo_service::certs::make(dir.path(), "test", 1).expect("certs");
+        let load = |name: &str| {
+            let section =
+                SecuritySection { tls_dir: Some(dir.path().join(name)), ..Default::default() };
+            Arc::new(Security::load(&section).expect("credential"))
+        };
+        let (address, versions, shutdown) = learner_port(load("learner")).await;
+        let actor = load("actor");
+
+        let first = Arc::new(publish(&model(1), 1));
+        versions.send_replace(Some(first.clone()));
+        let got = actor::runtime::fetch_raw(&actor, &address, 1, None).await.expect("fetch");
+        assert_holds(&got, &first);
+        // A newer version with other weights, read into the buffers of the one before (and
+        // sealed into the learner's buffers of the one before).
+        let second = Arc::new(publish(&model(2), 2));
+        assert_ne!(expected(&first), expected(&second), "the seeds give other weights");
+        versions.send_replace(Some(second.clone()));
+        let got = actor::runtime::fetch_raw(&actor, &address, 2, Some(got)).await.expect("fetch");
+        assert_holds(&got, &second);
+
+        for (who, security) in [
+            ("learner", load("learner")),
+            ("coordinator", load("coordinator")),
+            ("none", Arc::new(Security::default())),
+        ] {
+            let refused = actor::runtime::fetch_raw(&security, &address, 2, None).await;
+            assert!(refused.is_err(), "the {who} credential got a version");
+        }
+        shutdown.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plaintext_serves_the_same_bytes() {
+        let (address, versions, shutdown) = learner_port(Arc::new(Security::default())).await;
+        let published = Arc::new(publish(&model(3), 5));
+        versions.send_replace(Some(published.clone()));
+        let security = Security::default();
+        // Asking for an older version gets the newest.
+        let got = actor::runtime::fetch_raw(&security, &address, 4, None).await.expect("fetch");
+        assert_holds(&got, &published);
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn a_version_is_sealed_once_for_every_connection() {
+        let published = Arc::new(publish(&model(4), 7));
+        let cache = SealedCache::default();
+        let (a, b) = (cache.get(&published).expect("seal"), cache.get(&published).expect("seal"));
+        assert!(Arc::ptr_eq(&a, &b), "one sealed copy per version");
+        let (mut one, mut two) = (Vec::new(), Vec::new());
+        a.write(&mut one).expect("write");
+        b.write(&mut two).expect("write");
+        assert_eq!(one, two, "the same frames for both");
+        // The frames open with the offered key and hold the raw format.
+        let key = ObjectKey::from_offer(&a.key.offer());
+        let got = actor::weights::read_raw(&mut sealed::SealedReader::new(&one[..], key), None)
+            .expect("opens");
+        assert_holds(&got, &published);
+        let old_offer = a.key.offer();
+        drop((a, b));
+        // The next version takes the old buffers, and its own key.
+        let next = Arc::new(publish(&model(5), 8));
+        let sealed = cache.get(&next).expect("seal");
+        assert!(!lock(&sealed.spare).is_empty(), "buffers of the version before");
+        assert_ne!(sealed.key.offer()[8..], old_offer[8..], "a key per version");
+    }
 }

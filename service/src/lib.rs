@@ -10,7 +10,8 @@
 //! - [`status`]: the `WatchStatus` stream every service offers;
 //! - [`metrics`]: the Prometheus endpoint;
 //! - [`security`] and [`auth`]: mutual TLS, bearer tokens, and who may call which method;
-//!   [`certs`]: a run's CA and certificates for local runs.
+//!   [`certs`]: a run's CA and certificates for local runs; [`sealed`]: the weights port's
+//!   frames, encrypted once per version;
 //!
 //! What it is not: no role logic, no multi-objective math, no tch. Exit codes: 0 after a clean
 //! shutdown, 1 when the process failed while running, 2 for bad flags or a bad config.
@@ -24,6 +25,7 @@ pub mod grpc;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod sealed;
 pub mod security;
 pub mod status;
 

@@ -413,37 +413,6 @@ impl Security {
         self.rustls.as_ref().map(|(_, client)| client.clone())
     }
 
-    /// Accepts a connection on a raw port: the TLS handshake (when on) and the client's first
-    /// `N` bytes, asynchronously, so that a client that stalls holds no thread (the caller
-    /// bounds it with a deadline); then the stream as a blocking one for the bulk transfer.
-    pub async fn accept_request<const N: usize>(
-        &self,
-        tcp: tokio::net::TcpStream,
-    ) -> std::io::Result<(BlockingStream, [u8; N])> {
-        use tokio::io::AsyncReadExt;
-        let mut request = [0u8; N];
-        let blocking = |tcp: tokio::net::TcpStream| {
-            let tcp = tcp.into_std()?;
-            tcp.set_nonblocking(false)?;
-            std::io::Result::Ok(tcp)
-        };
-        match self.rustls_server_config() {
-            None => {
-                let mut tcp = tcp;
-                tcp.read_exact(&mut request).await?;
-                Ok((BlockingStream::Plain(blocking(tcp)?), request))
-            }
-            Some(config) => {
-                let mut tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
-                tls.read_exact(&mut request).await?;
-                // What rustls has read beyond the request stays in the connection's buffers.
-                let (tcp, connection) = tls.into_inner();
-                let stream = rustls::StreamOwned::new(connection, blocking(tcp)?);
-                Ok((BlockingStream::Server(Box::new(stream)), request))
-            }
-        }
-    }
-
     /// The server end of a blocking stream accepted on a raw port: TLS when this process has
     /// a certificate (the handshake happens on the first read or write).
     pub fn accept_blocking(&self, tcp: TcpStream) -> std::io::Result<BlockingStream> {
@@ -604,26 +573,28 @@ impl BlockingStream {
         }
     }
 
-    /// On the accepting side of TLS, once the handshake is done (after the first read): the
-    /// principal the client's certificate names. `None` for plaintext and the connecting side.
-    pub fn peer_principal(&self) -> Option<Result<Principal, String>> {
-        let BlockingStream::Server(tls) = self else { return None };
-        let leaf = tls.conn.peer_certificates().and_then(|c| c.first().cloned());
-        Some(leaf.ok_or_else(|| "no client certificate".to_owned()).and_then(|c| principal_of(&c)))
-    }
-
-    /// Checks, on the accepting side of TLS, that the client is the `role`.
+    /// Checks, on the accepting side of TLS once the handshake is done (after the first
+    /// read), that the client is the `role`; plaintext and the connecting side pass.
     pub fn expect_peer(&self, role: Role) -> std::io::Result<()> {
-        match self.peer_principal() {
-            None => Ok(()),
-            Some(Ok(found)) if found == Principal::Role(role) => Ok(()),
-            Some(Ok(found)) => Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!("the {found} credential may not use this port (only the {role})"),
-            )),
-            Some(Err(why)) => Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)),
+        match self {
+            BlockingStream::Server(tls) => expect_client(&tls.conn, role),
+            BlockingStream::Plain(_) | BlockingStream::Client(_) => Ok(()),
         }
     }
+}
+
+/// Checks that the client of a finished TLS handshake presented a certificate naming `role`.
+pub fn expect_client(connection: &rustls::ServerConnection, role: Role) -> std::io::Result<()> {
+    let denied = |why| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+    let leaf = connection.peer_certificates().and_then(|c| c.first());
+    let found = principal_of(leaf.ok_or_else(|| denied("no client certificate".to_owned()))?)
+        .map_err(denied)?;
+    if found != Principal::Role(role) {
+        return Err(denied(format!(
+            "the {found} credential may not use this port (only the {role})"
+        )));
+    }
+    Ok(())
 }
 
 impl std::io::Read for BlockingStream {
