@@ -6,10 +6,11 @@
 //!
 //! With TLS on, the port serves only clients whose certificate names an actor, and the version
 //! travels as sealed frames (`paretopo_service::sealed`): the request and the version's key go
-//! over TLS, then the frames follow outside it. Each version is sealed once, frame by frame as
-//! the first connection reaches each frame, and every actor reads the same frames, so the
-//! learner encrypts a version once however many actors fetch it; the sealed copy is held until
-//! a newer version is fetched (docs/security.md). What it does not do: decide what to publish
+//! over TLS, then the frames follow outside it. Each version is sealed once, when an actor
+//! first asks for it, by a thread that runs ahead of the connections' writes, and every actor
+//! reads the same frames, so the learner encrypts a version once however many actors fetch
+//! it; the sealed copy is held until a newer version is fetched, and its buffers then take
+//! the newer one (docs/security.md). What it does not do: decide what to publish
 //! (the trainer does).
 
 use std::io::Write;
@@ -99,6 +100,15 @@ impl SealedCache {
         };
         let sealed = Arc::new(SealedVersion::new(published.clone(), spare)?);
         *newest = Some(sealed.clone());
+        // Sealing runs ahead of the writers on a thread of its own, so that a connection
+        // writes one frame while the next is sealed instead of doing both in turn; a writer
+        // that catches up seals the frame itself (or waits while it is being sealed).
+        let ahead = sealed.clone();
+        tokio::task::spawn_blocking(move || {
+            for index in 0..ahead.frames.len() {
+                ahead.frame(index);
+            }
+        });
         Ok(sealed)
     }
 }
@@ -324,8 +334,8 @@ mod tests {
         shutdown.cancel();
     }
 
-    #[test]
-    fn a_version_is_sealed_once_for_every_connection() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_is_sealed_once_for_every_connection() {
         let published = Arc::new(publish(&model(4), 7));
         let cache = SealedCache::default();
         let (a, b) = (cache.get(&published).expect("seal"), cache.get(&published).expect("seal"));
@@ -339,12 +349,29 @@ mod tests {
         let got = actor::weights::read_raw(&mut sealed::SealedReader::new(&one[..], key), None)
             .expect("opens");
         assert_holds(&got, &published);
+
+        // Once no one holds it (the cache, a and b: the thread sealing ahead has let go), the
+        // next version is sealed into its buffers, under a key of its own.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&a) > 3 {
+            assert!(std::time::Instant::now() < deadline, "the sealing thread never let go");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let old_offer = a.key.offer();
+        let old_buffers: std::collections::HashSet<usize> =
+            a.frames.iter().map(|f| f.get().expect("sealed").as_ptr() as usize).collect();
         drop((a, b));
-        // The next version takes the old buffers, and its own key.
         let next = Arc::new(publish(&model(5), 8));
         let sealed = cache.get(&next).expect("seal");
-        assert!(!lock(&sealed.spare).is_empty(), "buffers of the version before");
+        let mut wire = Vec::new();
+        sealed.write(&mut wire).expect("write");
+        let new_buffers: std::collections::HashSet<usize> =
+            sealed.frames.iter().map(|f| f.get().expect("sealed").as_ptr() as usize).collect();
+        assert_eq!(new_buffers, old_buffers, "sealed into the buffers of the version before");
         assert_ne!(sealed.key.offer()[8..], old_offer[8..], "a key per version");
+        let key = ObjectKey::from_offer(&sealed.key.offer());
+        let got = actor::weights::read_raw(&mut sealed::SealedReader::new(&wire[..], key), None)
+            .expect("opens");
+        assert_holds(&got, &next);
     }
 }
