@@ -33,13 +33,23 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(120);
 /// Connections served at once (each actor holds one while it fetches a version).
 const MAX_CONNECTIONS: usize = 256;
 
-/// One version as sealed frames: the raw header cut to frame size, then every chunk's bytes,
-/// each frame sealed when a connection first needs it and kept for the next.
+/// Plaintext bytes per sealed frame.
+const FRAME_BYTES: usize = sealed::MAX_FRAME;
+
+/// Where a frame's plaintext lies: in the raw header, or in a chunk; and its byte range.
+#[derive(Clone, Copy)]
+enum Piece {
+    Header(usize, usize),
+    Chunk(usize, usize, usize),
+}
+
+/// One version as sealed frames: the raw header, then every chunk's bytes, cut into frames of
+/// at most [`FRAME_BYTES`], each sealed when first needed and kept for the next connection.
 struct SealedVersion {
     published: Arc<Published>,
     key: ObjectKey,
     header: Vec<u8>,
-    header_frames: usize,
+    pieces: Vec<Piece>,
     frames: Vec<OnceLock<Vec<u8>>>,
     /// Buffers of the version before, sealed into again: first-touch page faults on gigabytes
     /// of fresh memory cost more than the sealing (BENCHMARKS.md).
@@ -48,23 +58,27 @@ struct SealedVersion {
 
 impl SealedVersion {
     fn new(published: Arc<Published>, spare: Vec<Vec<u8>>) -> std::io::Result<Self> {
+        const { assert!(FRAME_BYTES <= sealed::MAX_FRAME) };
         let key = ObjectKey::generate(published.version)?;
         let header = raw_header(&published);
-        let header_frames = header.len().div_ceil(sealed::MAX_FRAME).max(1);
-        let count = header_frames + published.chunks.len();
-        let frames = (0..count).map(|_| OnceLock::new()).collect();
-        Ok(Self { published, key, header, header_frames, frames, spare: Mutex::new(spare) })
+        let cuts = |len: usize| {
+            (0..len.div_ceil(FRAME_BYTES).max(1))
+                .map(move |i| (i * FRAME_BYTES, ((i + 1) * FRAME_BYTES).min(len)))
+        };
+        let mut pieces: Vec<Piece> = cuts(header.len()).map(|(a, b)| Piece::Header(a, b)).collect();
+        for (chunk, data) in published.chunks.iter().enumerate() {
+            pieces.extend(cuts(data.data.len()).map(|(a, b)| Piece::Chunk(chunk, a, b)));
+        }
+        let frames = pieces.iter().map(|_| OnceLock::new()).collect();
+        Ok(Self { published, key, header, pieces, frames, spare: Mutex::new(spare) })
     }
 
-    /// Frame `index`, sealed now if no connection has sealed it yet.
+    /// Frame `index`, sealed now if no one has sealed it yet.
     fn frame(&self, index: usize) -> &[u8] {
         self.frames[index].get_or_init(|| {
-            let plaintext = match index.checked_sub(self.header_frames) {
-                Some(chunk) => &self.published.chunks[chunk].data[..],
-                None => {
-                    let start = index * sealed::MAX_FRAME;
-                    &self.header[start..(start + sealed::MAX_FRAME).min(self.header.len())]
-                }
+            let plaintext = match self.pieces[index] {
+                Piece::Header(start, end) => &self.header[start..end],
+                Piece::Chunk(chunk, start, end) => &self.published.chunks[chunk].data[start..end],
             };
             let buffer = lock(&self.spare).pop().unwrap_or_default();
             self.key.seal_into(index as u64, index + 1 == self.frames.len(), plaintext, buffer)
