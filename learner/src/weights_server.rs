@@ -336,6 +336,60 @@ mod tests {
         shutdown.cancel();
     }
 
+    /// Forwards connections to `server`, flipping one bit of the server's byte at `at`.
+    async fn tampering_proxy(server: String, at: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = TcpStream::connect(&server).await.expect("server");
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = upstream.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                tokio::spawn(async move {
+                    let (mut seen, mut buf) = (0usize, vec![0u8; 64 << 10]);
+                    while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+                        if (seen..seen + n).contains(&at) {
+                            buf[at - seen] ^= 0x04;
+                        }
+                        seen += n;
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bit_flipped_on_the_wire_fails_the_fetch() {
+        let dir = tempfile::tempdir().expect("dir");
+        paretopo_service::certs::make(dir.path(), "test", 1).expect("certs");
+        let load = |name: &str| {
+            let section =
+                SecuritySection { tls_dir: Some(dir.path().join(name)), ..Default::default() };
+            Arc::new(Security::load(&section).expect("credential"))
+        };
+        let (address, versions, shutdown) = learner_port(load("learner")).await;
+        let published = Arc::new(publish(&model(6), 3));
+        let total: usize = published.chunks.iter().map(|c| c.data.len()).sum();
+        assert!(total > 1 << 20, "the flip must land in the sealed frames, past TLS");
+        versions.send_replace(Some(published));
+        let actor = load("actor");
+        // The handshake and the offer take a few KB; the byte at 512 KB is a frame's.
+        let proxy = tampering_proxy(address.clone(), 512 << 10).await;
+        let err = actor::runtime::fetch_raw(&actor, &proxy, 3, None).await.expect_err("tampered");
+        assert!(format!("{err:#}").contains("failed authentication"), "{err:#}");
+        // Untouched, the same fetch succeeds.
+        let proxy = tampering_proxy(address, usize::MAX).await;
+        actor::runtime::fetch_raw(&actor, &proxy, 3, None).await.expect("intact");
+        shutdown.cancel();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn plaintext_serves_the_same_bytes() {
         let (address, versions, shutdown) = learner_port(Arc::new(Security::default())).await;
