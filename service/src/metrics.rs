@@ -194,6 +194,7 @@ pub async fn serve(
 
 /// A TLS listener for axum: one task accepts TCP connections and hands each to a handshake
 /// task of its own (with a deadline), so a client that stalls its handshake delays no other;
+/// at most [`MAX_HANDSHAKES`] run at once (a connection beyond them is closed at once), and
 /// finished handshakes wait in a small queue for axum to take.
 struct TlsListener {
     handshaken: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
@@ -204,6 +205,9 @@ type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// Handshakes under way at once: a scraper needs one; a flood of stalled ones holds no more
+/// than this many tasks and sockets.
+const MAX_HANDSHAKES: usize = 64;
 
 impl TlsListener {
     fn new(
@@ -214,6 +218,7 @@ impl TlsListener {
         let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, handshaken) = tokio::sync::mpsc::channel(16);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -228,8 +233,13 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, max = MAX_HANDSHAKES, "metrics: too many handshakes; closed");
+                    continue;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
@@ -275,6 +285,38 @@ async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stalled_handshakes_hold_at_most_their_share_of_connections() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().expect("dir");
+        crate::certs::make(dir.path(), "test", 1).expect("certs");
+        let section = crate::config::SecuritySection {
+            tls_dir: Some(dir.path().join("learner")),
+            ..Default::default()
+        };
+        let security = crate::security::Security::load(&section).expect("credential");
+        let config = security.rustls_server_config().expect("TLS on");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let _tls = TlsListener::new(listener, config, shutdown.clone());
+        // Clients that connect and never start their handshake.
+        let mut stalled = Vec::new();
+        for _ in 0..MAX_HANDSHAKES {
+            stalled.push(tokio::net::TcpStream::connect(address).await.expect("connect"));
+        }
+        // One more is closed at once, well before the handshake deadline.
+        let mut extra = tokio::net::TcpStream::connect(address).await.expect("connect");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the extra connection stayed open");
+        // The stalled ones are still held, waiting for their handshakes.
+        let first =
+            tokio::time::timeout(Duration::from_millis(300), stalled[0].read(&mut byte)).await;
+        assert!(first.is_err(), "a stalled handshake was closed before its deadline");
+        shutdown.cancel();
+    }
 
     #[test]
     fn renders_build_info_uptime_and_start_time() {
