@@ -25,7 +25,6 @@ use paretopo_proto::v1::{
     actor_client::ActorClient, coordinator_client::CoordinatorClient,
     learner_client::LearnerClient, tool_server_client::ToolServerClient,
 };
-use paretopo_service::config::SecuritySection;
 use paretopo_service::security::Security;
 use paretopo_service::{Role, RunConfig};
 use std::sync::Arc;
@@ -168,10 +167,7 @@ async fn run_processes(
         names.push((format!("actor-{i}"), "actor"));
     }
     let dialer = Arc::new(match tls {
-        Some(dir) => Security::load(&SecuritySection {
-            tls_dir: Some(dir.join("operator")),
-            ..Default::default()
-        })?,
+        Some(dir) => Security::from_tls_dir(&dir.join("operator"))?,
         None => Security::default(),
     });
     for (name, binary) in names {

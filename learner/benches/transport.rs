@@ -31,7 +31,6 @@ use paretopo_proto::v1::learner_server::LearnerServer;
 use paretopo_proto::v1::{
     ObjectiveVector, RawMetrics, Trajectory, TrajectoryGroup, WatchPolicyRequest,
 };
-use paretopo_service::config::SecuritySection;
 use paretopo_service::process::{Process, ProcessSetup};
 use paretopo_service::security::Security;
 use paretopo_service::{Role, RunConfig};
@@ -542,9 +541,7 @@ fn main() {
         if args.tls {
             paretopo_service::certs::make(dir.path(), "bench", 1).expect("certs");
             let load = |name: &str| {
-                let section =
-                    SecuritySection { tls_dir: Some(dir.path().join(name)), ..Default::default() };
-                Arc::new(Security::load(&section).expect("credential"))
+                Arc::new(Security::from_tls_dir(&dir.path().join(name)).expect("credential"))
             };
             sides.push(("mTLS", load("learner"), load("actor")));
         }

@@ -33,9 +33,6 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(120);
 /// Connections served at once (each actor holds one while it fetches a version).
 const MAX_CONNECTIONS: usize = 256;
 
-/// Plaintext bytes per sealed frame.
-const FRAME_BYTES: usize = sealed::MAX_FRAME;
-
 /// Where a frame's plaintext lies: in the raw header, or in a chunk; and its byte range.
 #[derive(Clone, Copy)]
 enum Piece {
@@ -44,7 +41,7 @@ enum Piece {
 }
 
 /// One version as sealed frames: the raw header, then every chunk's bytes, cut into frames of
-/// at most [`FRAME_BYTES`], each sealed when first needed and kept for the next connection.
+/// at most [`sealed::MAX_FRAME`], each sealed when first needed and kept for the next connection.
 struct SealedVersion {
     published: Arc<Published>,
     key: ObjectKey,
@@ -58,12 +55,11 @@ struct SealedVersion {
 
 impl SealedVersion {
     fn new(published: Arc<Published>, spare: Vec<Vec<u8>>) -> std::io::Result<Self> {
-        const { assert!(FRAME_BYTES <= sealed::MAX_FRAME) };
         let key = ObjectKey::generate(published.version)?;
         let header = raw_header(&published);
         let cuts = |len: usize| {
-            (0..len.div_ceil(FRAME_BYTES).max(1))
-                .map(move |i| (i * FRAME_BYTES, ((i + 1) * FRAME_BYTES).min(len)))
+            (0..len.div_ceil(sealed::MAX_FRAME).max(1))
+                .map(move |i| (i * sealed::MAX_FRAME, ((i + 1) * sealed::MAX_FRAME).min(len)))
         };
         let mut pieces: Vec<Piece> = cuts(header.len()).map(|(a, b)| Piece::Header(a, b)).collect();
         for (chunk, data) in published.chunks.iter().enumerate() {
@@ -261,7 +257,6 @@ fn blocking(stream: TcpStream) -> std::io::Result<std::net::TcpStream> {
 mod tests {
     use super::*;
     use actor::weights::{PolicyVersion, publish};
-    use paretopo_service::config::SecuritySection;
     use policy::{ModelConfig, Qwen2};
     use tch::{Device, Kind};
 
@@ -294,6 +289,22 @@ mod tests {
         (address, published, shutdown)
     }
 
+    /// A fresh CA with every principal's certificate, as `coordinator certs` makes them.
+    struct RunCa(tempfile::TempDir);
+
+    impl RunCa {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("dir");
+            paretopo_service::certs::make(dir.path(), "test", 1).expect("certs");
+            Self(dir)
+        }
+
+        /// The credential of the principal `name`.
+        fn load(&self, name: &str) -> Arc<Security> {
+            Arc::new(Security::from_tls_dir(&self.0.path().join(name)).expect("credential"))
+        }
+    }
+
     fn model(seed: i64) -> Qwen2 {
         let model =
             Qwen2::zeros(ModelConfig::named("tiny").expect("tiny"), Kind::Float, Device::Cpu);
@@ -303,13 +314,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn actors_get_every_byte_sealed_and_other_roles_nothing() {
-        let dir = tempfile::tempdir().expect("dir");
-        paretopo_service::certs::make(dir.path(), "test", 1).expect("certs");
-        let load = |name: &str| {
-            let section =
-                SecuritySection { tls_dir: Some(dir.path().join(name)), ..Default::default() };
-            Arc::new(Security::load(&section).expect("credential"))
-        };
+        let ca = RunCa::new();
+        let load = |name: &str| ca.load(name);
         let (address, versions, shutdown) = learner_port(load("learner")).await;
         let actor = load("actor");
 
@@ -367,13 +373,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_bit_flipped_on_the_wire_fails_the_fetch() {
-        let dir = tempfile::tempdir().expect("dir");
-        paretopo_service::certs::make(dir.path(), "test", 1).expect("certs");
-        let load = |name: &str| {
-            let section =
-                SecuritySection { tls_dir: Some(dir.path().join(name)), ..Default::default() };
-            Arc::new(Security::load(&section).expect("credential"))
-        };
+        let ca = RunCa::new();
+        let load = |name: &str| ca.load(name);
         let (address, versions, shutdown) = learner_port(load("learner")).await;
         let published = Arc::new(publish(&model(6), 3));
         let total: usize = published.chunks.iter().map(|c| c.data.len()).sum();

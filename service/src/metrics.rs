@@ -291,11 +291,8 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let dir = tempfile::tempdir().expect("dir");
         crate::certs::make(dir.path(), "test", 1).expect("certs");
-        let section = crate::config::SecuritySection {
-            tls_dir: Some(dir.path().join("learner")),
-            ..Default::default()
-        };
-        let security = crate::security::Security::load(&section).expect("credential");
+        let security = crate::security::Security::from_tls_dir(&dir.path().join("learner"))
+            .expect("credential");
         let config = security.rustls_server_config().expect("TLS on");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");

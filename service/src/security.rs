@@ -300,6 +300,13 @@ impl Default for Security {
 }
 
 impl Security {
+    /// The credential in one certificate directory (`tls.crt`, `tls.key`, `ca.crt`, and
+    /// `tokens.sha256` when there), with the other `[security]` keys at their defaults: what
+    /// a client holding one principal's certificate loads.
+    pub fn from_tls_dir(dir: &Path) -> Result<Security, SecurityError> {
+        Security::load(&SecuritySection { tls_dir: Some(dir.to_owned()), ..Default::default() })
+    }
+
     /// Loads `[security]`: the certificate directory, the token hashes and the bearer token.
     pub fn load(section: &SecuritySection) -> Result<Security, SecurityError> {
         let tls = section.tls_dir.as_deref().map(TlsFiles::load).transpose()?;

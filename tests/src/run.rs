@@ -11,7 +11,6 @@ use paretopo_proto::v1::{
     ActorStatus, CoordinatorStatus, GetStatusRequest, LearnerStatus, actor_client::ActorClient,
 };
 
-use paretopo_service::config::SecuritySection;
 use paretopo_service::security::Security;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -58,11 +57,8 @@ impl TestRun {
     pub fn with_mtls(mut self) -> Self {
         let dir = self.tls_dir();
         paretopo_service::certs::make(&dir, "test", 1).expect("certs");
-        let operator = Security::load(&SecuritySection {
-            tls_dir: Some(dir.join("operator")),
-            ..Default::default()
-        })
-        .expect("the operator's credential");
+        let operator =
+            Security::from_tls_dir(&dir.join("operator")).expect("the operator's credential");
         self.operator = Some(Arc::new(operator));
         self
     }

@@ -26,7 +26,6 @@ use paretopo_proto::v1::{
     ActorStatus, CoordinatorStatus, GetStatusRequest, LearnerStatus, NodeStatus, Role,
 };
 use paretopo_service::Role as ServiceRole;
-use paretopo_service::config::SecuritySection;
 use paretopo_service::security::Security;
 use paretopo_tests::{binary, workspace_root};
 use std::sync::Arc;
@@ -92,11 +91,8 @@ impl Hosts {
         sh(&["up", &HOST_COUNT.to_string()]);
         let dir = tempfile::tempdir().expect("dir");
         paretopo_service::certs::make(&dir.path().join("tls"), "multihost", 1).expect("certs");
-        let operator = Security::load(&SecuritySection {
-            tls_dir: Some(dir.path().join("tls/operator")),
-            ..Default::default()
-        })
-        .expect("operator credential");
+        let operator =
+            Security::from_tls_dir(&dir.path().join("tls/operator")).expect("operator credential");
         *OPERATOR.lock().expect("operator") = Some(Arc::new(operator));
         Hosts { dir, processes: Vec::new() }
     }

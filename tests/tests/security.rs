@@ -18,7 +18,6 @@ use paretopo_proto::v1::{
     WatchStatusRequest, WatchWeightsRequest,
 };
 use paretopo_service::Role;
-use paretopo_service::config::SecuritySection;
 use paretopo_service::security::{Principal, Security};
 use paretopo_tests::Server;
 use paretopo_tests::run::{TestRun, learner_status, start_run, wait_until};
@@ -69,11 +68,7 @@ async fn dial(tls: &Path, server: &Server, role: Role, caller: Caller) -> (Chann
         |token: String| Bearer(Some(format!("Bearer {}", token.trim()).parse().expect("ascii")));
     let (endpoint, header) = match caller {
         Caller::Certificate(principal) => {
-            let security = Security::load(&SecuritySection {
-                tls_dir: Some(tls.join(principal.name())),
-                ..Default::default()
-            })
-            .expect("credential");
+            let security = Security::from_tls_dir(&tls.join(principal.name())).expect("credential");
             (security.endpoint(&address, role).expect("endpoint"), Bearer(None))
         }
         other => {
@@ -319,11 +314,7 @@ async fn status_text(tls: &Path, server: &Server, role: Role) -> String {
 /// `GET /metrics` over TLS with the operator's certificate.
 async fn metrics_over_tls(tls: &Path, server: &Server, role: Role) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let operator = Security::load(&SecuritySection {
-        tls_dir: Some(tls.join("operator")),
-        ..Default::default()
-    })
-    .expect("operator");
+    let operator = Security::from_tls_dir(&tls.join("operator")).expect("operator");
     let connector = tokio_rustls::TlsConnector::from(operator.rustls_client_config().expect("tls"));
     let name =
         rustls::pki_types::ServerName::try_from(Principal::Role(role).dns_name()).expect("name");
