@@ -292,6 +292,28 @@ mod tests {
     }
 
     #[test]
+    fn long_number_literals_survive_formatting() {
+        // Found by the fuzzer: a 42-digit integer read one ulp off, so the call formatted back
+        // read as a different call. Each literal must read as the nearest f64 (Python's float()
+        // of the same text), and format back to the same value.
+        for (literal, nearest) in [
+            ("333333333333333333333333333333333333333332", 3.333_333_333_333_333_2e41),
+            ("0.30000000000000004441", 0.300_000_000_000_000_04),
+            ("9007199254740993", 9_007_199_254_740_992.0),
+            ("1.7976931348623157e308", f64::MAX),
+        ] {
+            let text = format!(
+                r#"<tool_call>{{"name": "search", "arguments": {{"k": {literal}}}}}</tool_call>"#
+            );
+            let TurnAction::Call(parsed) = parse_turn(&text, &TOOLS) else {
+                panic!("{text} did not parse as a call")
+            };
+            assert_eq!(parsed.arguments["k"].as_f64(), Some(nearest), "{literal}");
+            assert_eq!(parse_turn(&format_call(&parsed), &TOOLS), TurnAction::Call(parsed));
+        }
+    }
+
+    #[test]
     fn each_malformation_has_its_error() {
         let cases: [(&str, FormatError); 9] = [
             ("<tool_call>{oops}</tool_call>", FormatError::MalformedJson(String::new())),
