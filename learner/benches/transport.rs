@@ -6,14 +6,14 @@
 //!   the bounded queue, acknowledgements); a task drains the queue as a trainer would. Reports
 //!   trajectories/s and MB/s of encoded protobuf.
 //! - **publish**: a model of `qwen2.5-0.5b`'s shape (random weights, float32 on this CPU, or
-//!   `--dtype bf16`) is cut into chunks and streamed by `WatchPolicy` to 2 subscribers at once,
-//!   timed until both hold every byte; against it, the same number of bytes copied once through
-//!   a plain TCP socket on loopback. The target is within 2x.
+//!   `--dtype bf16`) is cut into chunks and streamed by `WatchPolicy` to 2 subscribers at once
+//!   (`--subscribers N`), timed until all hold every byte; against it, the same number of bytes
+//!   copied once through a plain TCP socket on loopback. The target is within 2x.
 //!
 //! Run with `./dev bench transport` or
 //! `cargo bench -p learner --bench transport -- [--groups N] [--connections N] [--dtype f32|bf16]
-//! [--rounds N] [--ingest-only] [--tls]`. `--tls` serves two learners in one process, one
-//! plaintext and one with mutual TLS (a fresh CA, the learner's and an actor's certificates,
+//! [--rounds N] [--subscribers N] [--ingest-only] [--tls]`. `--tls` serves two learners in one
+//! process, one plaintext and one with mutual TLS (a fresh CA, the learner's and an actor's certificates,
 //! the authorisation layer), runs every round on both in turn (the order swapped each round,
 //! so that both see the machine alike), and prints how much slower TLS is (issue #11).
 //! Server and clients share this machine's cores; the numbers include that.
@@ -47,6 +47,7 @@ struct Args {
     connections: usize,
     kind: Kind,
     rounds: usize,
+    subscribers: usize,
     ingest_only: bool,
     tls: bool,
 }
@@ -57,6 +58,7 @@ fn args() -> Args {
         connections: 4,
         kind: Kind::Float,
         rounds: 3,
+        subscribers: 2,
         ingest_only: false,
         tls: false,
     };
@@ -72,6 +74,10 @@ fn args() -> Args {
             }
             "--ingest-only" => args.ingest_only = true,
             "--tls" => args.tls = true,
+            "--subscribers" => {
+                args.subscribers =
+                    it.next().and_then(|v| v.parse().ok()).unwrap_or(args.subscribers).max(1)
+            }
             "--rounds" => {
                 args.rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.rounds)
             }
@@ -231,15 +237,16 @@ async fn ingest(
     (seconds, total * GROUP_SIZE, total * bytes_per_group)
 }
 
-/// Two subscribers as actors run them (`cluster.weights_transport = "tcp"`): each takes the
+/// `subscribers` subscribers as actors run them (`cluster.weights_transport = "tcp"`): each takes the
 /// notices of `WatchPolicy` and fetches the even-numbered versions (the raw rounds') from the
 /// raw weights port into the buffers of the version before, and reports the bytes it holds.
 async fn raw_subscribers(
     security: Arc<Security>,
     address: SocketAddr,
+    subscribers: usize,
 ) -> tokio::sync::mpsc::Receiver<usize> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    for i in 0..2 {
+    let (tx, rx) = tokio::sync::mpsc::channel(subscribers.max(4));
+    for i in 0..subscribers {
         let mut client = client(address, &security).await;
         let tx = tx.clone();
         let security = security.clone();
@@ -275,24 +282,25 @@ async fn raw_subscribers(
     rx
 }
 
-/// Publishes `model` as `version` and times the raw subscribers until both hold every byte.
+/// Publishes `model` as `version` and times the raw subscribers until all hold every byte.
 async fn publish_raw(
     shared: &Shared,
     model: &Qwen2,
     version: u64,
+    subscribers: usize,
     done: &mut tokio::sync::mpsc::Receiver<usize>,
 ) -> f64 {
     let published = Arc::new(actor::weights::publish(model, version));
     let bytes: usize = published.chunks.iter().map(|c| c.data.len()).sum();
     let started = Instant::now();
     shared.published.send_replace(Some(published));
-    for _ in 0..2 {
+    for _ in 0..subscribers {
         assert_eq!(done.recv().await.expect("subscriber"), bytes);
     }
     started.elapsed().as_secs_f64()
 }
 
-/// Publishes `model` and times 2 subscribers receiving every chunk; returns the seconds and the
+/// Publishes `model` and times `subscribers` subscribers receiving every chunk; returns the seconds and the
 /// chunks' payloads (for the plain TCP copies of the same bytes).
 async fn publish(
     security: &Security,
@@ -300,15 +308,16 @@ async fn publish(
     shared: &Shared,
     model: &Qwen2,
     version: u64,
+    subscribers: usize,
 ) -> (f64, Arc<Vec<bytes::Bytes>>) {
     let published = Arc::new(actor::weights::publish(model, version));
     let payloads: Arc<Vec<bytes::Bytes>> =
         Arc::new(published.chunks.iter().map(|c| c.data.clone()).collect());
     let bytes: usize = published.chunks.iter().map(|c| c.data.len()).sum();
-    let mut subscribers = Vec::new();
-    for i in 0..2 {
+    let mut tasks = Vec::new();
+    for i in 0..subscribers {
         let mut client = client(address, security).await;
-        subscribers.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let request = WatchPolicyRequest {
                 node_id: format!("actor-{i}"),
                 have_version: version,
@@ -332,7 +341,7 @@ async fn publish(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     shared.published.send_replace(Some(published));
-    for s in subscribers {
+    for s in tasks {
         assert_eq!(s.await.expect("subscriber"), bytes);
     }
     (started.elapsed().as_secs_f64(), payloads)
@@ -463,28 +472,30 @@ async fn measure(
     let model = Qwen2::zeros(config, args.kind, Device::Cpu);
     model.init_random(0);
     println!(
-        "publish: qwen2.5-0.5b shape, {} parameters, {:?}, to 2 subscribers",
+        "publish: qwen2.5-0.5b shape, {} parameters, {:?}, to {} subscribers",
         model.parameters().numel(),
-        args.kind
+        args.kind,
+        args.subscribers
     );
     let mut raw_done = Vec::new();
     for side in &sides {
-        raw_done.push(raw_subscribers(side.actor.clone(), side.address).await);
+        raw_done.push(raw_subscribers(side.actor.clone(), side.address, args.subscribers).await);
     }
+    let n = args.subscribers;
     let mut rounds = vec![Vec::new(); sides.len()];
     for round in 0..args.rounds {
         let version = 2 * round as u64 + 1;
         for i in order(round) {
             let side = &sides[i];
             let (grpc, payloads) =
-                publish(&side.actor, side.address, &side.shared, &model, version).await;
-            let raw = publish_raw(&side.shared, &model, version + 1, &mut raw_done[i]).await;
+                publish(&side.actor, side.address, &side.shared, &model, version, n).await;
+            let raw = publish_raw(&side.shared, &model, version + 1, n, &mut raw_done[i]).await;
             let bytes: usize = payloads.iter().map(bytes::Bytes::len).sum();
             let buffers =
                 if round == 0 { " (fresh buffers)" } else { " (buffers of the version before)" };
             if sides.len() > 1 {
                 println!(
-                    "  [{}] round {round}: {:.0} MB to 2 subscribers: raw port {raw:.2} s{buffers}, gRPC chunks {grpc:.2} s",
+                    "  [{}] round {round}: {:.0} MB to {n} subscribers: raw port {raw:.2} s{buffers}, gRPC chunks {grpc:.2} s",
                     side.label,
                     bytes as f64 / 1e6
                 );
@@ -496,9 +507,9 @@ async fn measure(
                 tokio::task::spawn_blocking(move || plain_tcp(payloads, 1)).await.expect("tcp")
             };
             let twice =
-                tokio::task::spawn_blocking(move || plain_tcp(payloads, 2)).await.expect("tcp");
+                tokio::task::spawn_blocking(move || plain_tcp(payloads, n)).await.expect("tcp");
             println!(
-                "  round {round}: {:.0} MB to 2 subscribers: raw TCP port {raw:.2} s{buffers}, gRPC chunks {grpc:.2} s; plain TCP once {once:.2} s, to 2 readers at once {twice:.2} s",
+                "  round {round}: {:.0} MB to {n} subscribers: raw TCP port {raw:.2} s{buffers}, gRPC chunks {grpc:.2} s; plain TCP once {once:.2} s, to {n} readers at once {twice:.2} s",
                 bytes as f64 / 1e6,
             );
             rounds[i].push((raw, grpc, once, twice));
@@ -511,7 +522,7 @@ async fn measure(
             let once = median(rounds.iter().map(|r| r.2).collect());
             let twice = median(rounds.iter().map(|r| r.3).collect());
             println!(
-                "  median: raw TCP port {:.2} s ({:.2}x one plain copy, target <= 2), gRPC chunks {:.2} s ({:.2}x); plain TCP once {once:.2} s, to 2 readers {twice:.2} s",
+                "  median: raw TCP port {:.2} s ({:.2}x one plain copy, target <= 2), gRPC chunks {:.2} s ({:.2}x); plain TCP once {once:.2} s, to {n} readers {twice:.2} s",
                 medians.raw_s,
                 medians.raw_s / once,
                 medians.grpc_s,

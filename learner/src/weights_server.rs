@@ -5,19 +5,16 @@
 //! deadline, and shutdown ends the accept loop.
 //!
 //! With TLS on, the port serves only clients whose certificate names an actor, and the version
-//! travels as sealed frames (`paretopo_service::sealed`): the request and the version's key go
-//! over TLS, then the frames follow outside it. Each version is sealed once, when an actor
-//! first asks for it, by a thread that runs ahead of the connections' writes, and every actor
-//! reads the same frames, so the learner encrypts a version once however many actors fetch
-//! it; the sealed copy is held until a newer version is fetched, and its buffers then take
-//! the newer one (docs/security.md). What it does not do: decide what to publish
-//! (the trainer does).
+//! travels as sealed frames (`paretopo_service::sealed`): the request and a key made for this
+//! transfer go over TLS, then the frames follow outside it, sealed a piece at a time as they
+//! are written, so the learner holds no second copy of the weights and each byte is read from
+//! memory once, as in plaintext (docs/security.md). What it does not do: decide what to
+//! publish (the trainer does).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use actor::weights::{Published, raw_header, write_raw};
+use actor::weights::{Published, write_raw};
 use paretopo_service::Role;
 use paretopo_service::sealed::{self, ObjectKey};
 use paretopo_service::security::{Security, expect_client};
@@ -33,100 +30,6 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(120);
 /// Connections served at once (each actor holds one while it fetches a version).
 const MAX_CONNECTIONS: usize = 256;
 
-/// Where a frame's plaintext lies: in the raw header, or in a chunk; and its byte range.
-#[derive(Clone, Copy)]
-enum Piece {
-    Header(usize, usize),
-    Chunk(usize, usize, usize),
-}
-
-/// One version as sealed frames: the raw header, then every chunk's bytes, cut into frames of
-/// at most [`sealed::MAX_FRAME`], each sealed when first needed and kept for the next connection.
-struct SealedVersion {
-    published: Arc<Published>,
-    key: ObjectKey,
-    header: Vec<u8>,
-    pieces: Vec<Piece>,
-    frames: Vec<OnceLock<Vec<u8>>>,
-    /// Buffers of the version before, sealed into again: first-touch page faults on gigabytes
-    /// of fresh memory cost more than the sealing (BENCHMARKS.md).
-    spare: Mutex<Vec<Vec<u8>>>,
-}
-
-impl SealedVersion {
-    fn new(published: Arc<Published>, spare: Vec<Vec<u8>>) -> std::io::Result<Self> {
-        let key = ObjectKey::generate(published.version)?;
-        let header = raw_header(&published);
-        let cuts = |len: usize| {
-            (0..len.div_ceil(sealed::MAX_FRAME).max(1))
-                .map(move |i| (i * sealed::MAX_FRAME, ((i + 1) * sealed::MAX_FRAME).min(len)))
-        };
-        let mut pieces: Vec<Piece> = cuts(header.len()).map(|(a, b)| Piece::Header(a, b)).collect();
-        for (chunk, data) in published.chunks.iter().enumerate() {
-            pieces.extend(cuts(data.data.len()).map(|(a, b)| Piece::Chunk(chunk, a, b)));
-        }
-        let frames = pieces.iter().map(|_| OnceLock::new()).collect();
-        Ok(Self { published, key, header, pieces, frames, spare: Mutex::new(spare) })
-    }
-
-    /// Frame `index`, sealed now if no one has sealed it yet.
-    fn frame(&self, index: usize) -> &[u8] {
-        self.frames[index].get_or_init(|| {
-            let plaintext = match self.pieces[index] {
-                Piece::Header(start, end) => &self.header[start..end],
-                Piece::Chunk(chunk, start, end) => &self.published.chunks[chunk].data[start..end],
-            };
-            let buffer = lock(&self.spare).pop().unwrap_or_default();
-            self.key.seal_into(index as u64, index + 1 == self.frames.len(), plaintext, buffer)
-        })
-    }
-
-    fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
-        for index in 0..self.frames.len() {
-            out.write_all(self.frame(index))?;
-        }
-        out.flush()
-    }
-}
-
-/// The sealed copy of the newest version a connection asked for, shared by all connections.
-#[derive(Default)]
-struct SealedCache(Mutex<Option<Arc<SealedVersion>>>);
-
-impl SealedCache {
-    fn get(&self, published: &Arc<Published>) -> std::io::Result<Arc<SealedVersion>> {
-        let mut newest = lock(&self.0);
-        if let Some(sealed) = newest.as_ref().filter(|s| Arc::ptr_eq(&s.published, published)) {
-            return Ok(sealed.clone());
-        }
-        // The version before gives its buffers when no connection still sends it, last frame
-        // first, so that frame i is sealed into the old frame i's buffer (the same size when
-        // the model is) as they are popped.
-        let spare = match newest.take().map(Arc::try_unwrap) {
-            Some(Ok(old)) => {
-                old.frames.into_iter().rev().filter_map(OnceLock::into_inner).collect()
-            }
-            _ => Vec::new(),
-        };
-        let sealed = Arc::new(SealedVersion::new(published.clone(), spare)?);
-        *newest = Some(sealed.clone());
-        // Sealing runs ahead of the writers on a thread of its own, so that a connection
-        // writes one frame while the next is sealed instead of doing both in turn; a writer
-        // that catches up seals the frame itself (or waits while it is being sealed).
-        let ahead = sealed.clone();
-        tokio::task::spawn_blocking(move || {
-            for index in 0..ahead.frames.len() {
-                ahead.frame(index);
-            }
-        });
-        Ok(sealed)
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Serves `published` on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -135,7 +38,6 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let cache = Arc::new(SealedCache::default());
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -149,12 +51,12 @@ pub async fn serve(
                     continue;
                 };
                 let (published, shutdown) = (published.clone(), shutdown.clone());
-                let (security, cache) = (security.clone(), cache.clone());
+                let security = security.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     tokio::select! {
                         () = shutdown.cancelled() => {}
-                        result = send(stream, published, &security, &cache) => if let Err(e) = result {
+                        result = send(stream, published, &security) => if let Err(e) = result {
                             tracing::warn!(%peer, error = %e, "a weights transfer failed");
                         },
                     }
@@ -179,7 +81,6 @@ async fn send(
     mut stream: TcpStream,
     mut published: watch::Receiver<Option<Arc<Published>>>,
     security: &Security,
-    cache: &SealedCache,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let Some(config) = security.rustls_server_config() else {
@@ -205,11 +106,11 @@ async fn send(
     let (mut tls, wanted) =
         tokio::time::timeout(REQUEST_DEADLINE, handshake).await.map_err(|_| timed_out())??;
     let Some(version) = wait_for(&mut published, wanted).await? else { return Ok(()) };
-    let sealed = cache.get(&version)?;
-    // The key over TLS; the client answers once it has read all that TLS carried, so what
-    // follows on the socket is the frames alone.
+    // A key for this transfer alone, over TLS; the client answers once it has read all that
+    // TLS carried, so what follows on the socket is the frames alone.
+    let key = ObjectKey::generate(version.version)?;
     let offer = async {
-        tls.write_all(&sealed.key.offer()).await?;
+        tls.write_all(&key.offer()).await?;
         tls.flush().await?;
         let mut ready = [0u8; 1];
         tls.read_exact(&mut ready).await?;
@@ -222,10 +123,14 @@ async fn send(
         ));
     }
     let (tcp, _) = tls.into_inner();
-    let mut tcp = blocking(tcp)?;
-    tokio::task::spawn_blocking(move || sealed.write(&mut tcp))
-        .await
-        .map_err(std::io::Error::other)?
+    let tcp = blocking(tcp)?;
+    tokio::task::spawn_blocking(move || {
+        let mut sealed = sealed::SealedWriter::new(tcp, key);
+        write_raw(&mut sealed, &version)?;
+        sealed.finish().map(drop)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// The newest version once it is at least `wanted` (the notice may have raced the
@@ -323,8 +228,7 @@ mod tests {
         versions.send_replace(Some(first.clone()));
         let got = actor::runtime::fetch_raw(&actor, &address, 1, None).await.expect("fetch");
         assert_holds(&got, &first);
-        // A newer version with other weights, read into the buffers of the one before (and
-        // sealed into the learner's buffers of the one before).
+        // A newer version with other weights, read into the buffers of the one before.
         let second = Arc::new(publish(&model(2), 2));
         assert_ne!(expected(&first), expected(&second), "the seeds give other weights");
         versions.send_replace(Some(second.clone()));
@@ -401,46 +305,5 @@ mod tests {
         let got = actor::runtime::fetch_raw(&security, &address, 4, None).await.expect("fetch");
         assert_holds(&got, &published);
         shutdown.cancel();
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_version_is_sealed_once_for_every_connection() {
-        let published = Arc::new(publish(&model(4), 7));
-        let cache = SealedCache::default();
-        let (a, b) = (cache.get(&published).expect("seal"), cache.get(&published).expect("seal"));
-        assert!(Arc::ptr_eq(&a, &b), "one sealed copy per version");
-        let (mut one, mut two) = (Vec::new(), Vec::new());
-        a.write(&mut one).expect("write");
-        b.write(&mut two).expect("write");
-        assert_eq!(one, two, "the same frames for both");
-        // The frames open with the offered key and hold the raw format.
-        let key = ObjectKey::from_offer(&a.key.offer());
-        let got = actor::weights::read_raw(&mut sealed::SealedReader::new(&one[..], key), None)
-            .expect("opens");
-        assert_holds(&got, &published);
-
-        // Once no one holds it (the cache, a and b: the thread sealing ahead has let go), the
-        // next version is sealed into its buffers, under a key of its own.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while Arc::strong_count(&a) > 3 {
-            assert!(std::time::Instant::now() < deadline, "the sealing thread never let go");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let old_offer = a.key.offer();
-        let old_buffers: std::collections::HashSet<usize> =
-            a.frames.iter().map(|f| f.get().expect("sealed").as_ptr() as usize).collect();
-        drop((a, b));
-        let next = Arc::new(publish(&model(5), 8));
-        let sealed = cache.get(&next).expect("seal");
-        let mut wire = Vec::new();
-        sealed.write(&mut wire).expect("write");
-        let new_buffers: std::collections::HashSet<usize> =
-            sealed.frames.iter().map(|f| f.get().expect("sealed").as_ptr() as usize).collect();
-        assert_eq!(new_buffers, old_buffers, "sealed into the buffers of the version before");
-        assert_ne!(sealed.key.offer()[8..], old_offer[8..], "a key per version");
-        let key = ObjectKey::from_offer(&sealed.key.offer());
-        let got = actor::weights::read_raw(&mut sealed::SealedReader::new(&wire[..], key), None)
-            .expect("opens");
-        assert_holds(&got, &next);
     }
 }
