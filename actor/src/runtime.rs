@@ -421,7 +421,17 @@ pub async fn fetch_raw(
         tls.write_all(&[sealed::READY])?;
         tls.flush()?;
         let (_, tcp) = tls.into_parts();
-        crate::weights::read_raw(&mut sealed::SealedReader::new(tcp, key), staging)
+        let mut sealed = sealed::SealedReader::new(tcp, key);
+        let received = crate::weights::read_raw(&mut sealed, staging)?;
+        // The learner ends every transfer with an empty last frame: reading it checks that
+        // nothing follows, and the connection then closes with nothing left unread.
+        if sealed.read(&mut [0u8; 1])? != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "more bytes than the policy version's header names",
+            ));
+        }
+        Ok(received)
     };
     tokio::task::spawn_blocking(fetch)
         .await

@@ -179,8 +179,10 @@ impl<W: Write> Write for SealedWriter<W> {
 /// Reads the plaintext of an object's sealed frames from `inner`. A read that can hold a whole
 /// frame gets it decrypted straight into the caller's buffer, from a buffer of one frame that
 /// stays in cache between the kernel's copy and the cipher (each socket read is decrypted as it
-/// lands); smaller reads go through a second buffer of one frame. A frame that fails to open is an `InvalidData` error (the
-/// caller's buffer then holds no plaintext of it); after the last frame, reads return 0.
+/// lands); smaller reads go through a second buffer of one frame. A frame that fails to open is
+/// an `InvalidData` error (the caller's buffer then holds no plaintext of it). Any error ends
+/// the object: a frame cannot be resumed halfway, so every later read fails too. After the last
+/// frame, reads return 0.
 pub struct SealedReader<R> {
     inner: R,
     key: ObjectKey,
@@ -189,6 +191,7 @@ pub struct SealedReader<R> {
     pending: Vec<u8>,
     consumed: usize,
     finished: bool,
+    broken: bool,
 }
 
 impl<R> std::fmt::Debug for SealedReader<R> {
@@ -212,13 +215,14 @@ impl<R: Read> SealedReader<R> {
             pending: Vec::new(),
             consumed: 0,
             finished: false,
+            broken: false,
         }
     }
 
     /// Reads the next frame's plaintext into `buf` (which is at least as long) or, when `buf`
     /// is too short, into the pending buffer; returns its length and whether it went to `buf`.
     fn next_frame(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, bool)> {
-        let Self { inner, key, next, staging, pending, consumed, finished } = self;
+        let Self { inner, key, next, staging, pending, consumed, finished, .. } = self;
         let mut word = [0u8; 4];
         inner.read_exact(&mut word)?;
         let word = u32::from_le_bytes(word);
@@ -252,9 +256,6 @@ impl<R: Read> SealedReader<R> {
         let mut tag = [0u8; TAG_LEN];
         inner.read_exact(&mut tag)?;
         if decryptor.finalize(&tag).is_err() {
-            if !direct {
-                pending.clear();
-            }
             return Err(invalid(format!(
                 "sealed frame {index} of object {} failed authentication",
                 key.id
@@ -281,7 +282,22 @@ impl<R: Read> Read for SealedReader<R> {
             if self.finished {
                 return Ok(0);
             }
-            let (len, direct) = self.next_frame(buf)?;
+            if self.broken {
+                return Err(invalid(format!(
+                    "object {} already failed at frame {}",
+                    self.key.id, self.next
+                )));
+            }
+            let (len, direct) = match self.next_frame(buf) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    // Nothing of a frame that did not open is ever handed out.
+                    self.broken = true;
+                    self.pending.clear();
+                    self.consumed = 0;
+                    return Err(e);
+                }
+            };
             if direct && len > 0 {
                 return Ok(len);
             }
@@ -370,6 +386,23 @@ mod tests {
                 .read_to_end(&mut out)
                 .expect("opens");
             assert_eq!(out, data, "socket reads of at most {most} bytes");
+        }
+    }
+
+    #[test]
+    fn after_an_error_no_read_hands_out_anything() {
+        // A frame cut short while it went to the small-read buffer, and a tampered one: later
+        // reads fail and hand out none of the frame.
+        let data = vec![0x5au8; 5000];
+        let wire = seal_all(key(7, 1), &[&data]);
+        let mut tampered = wire.clone();
+        tampered[4 + 100] ^= 1;
+        for (what, wire) in [("cut short", &wire[..3000]), ("tampered", &tampered[..])] {
+            let mut reader = SealedReader::new(wire, key(7, 1));
+            let mut small = [0u8; 16];
+            assert!(reader.read(&mut small).is_err(), "{what}: the first read");
+            assert!(reader.read(&mut small).is_err(), "{what}: a later read");
+            assert!(!small.contains(&0x5a), "{what}: plaintext handed out");
         }
     }
 
