@@ -6,10 +6,10 @@
 //!
 //! With TLS on, the port serves only clients whose certificate names an actor, and the version
 //! travels as sealed frames (`paretopo_service::sealed`): the request and a key made for this
-//! transfer go over TLS, then the frames follow outside it, sealed a piece at a time as they
-//! are written, so the learner holds no second copy of the weights and each byte is read from
-//! memory once, as in plaintext (docs/security.md). What it does not do: decide what to
-//! publish (the trainer does).
+//! transfer go over TLS, then the frames follow outside it, each sealed as it is written, so
+//! the learner holds no second copy of the weights and each byte is read from memory once,
+//! as in plaintext (docs/security.md). What it does not do: decide what to publish (the
+//! trainer does).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,6 +160,8 @@ fn blocking(stream: TcpStream) -> std::io::Result<std::net::TcpStream> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use actor::weights::{PolicyVersion, publish};
     use policy::{ModelConfig, Qwen2};
@@ -246,10 +248,13 @@ mod tests {
         shutdown.cancel();
     }
 
-    /// Forwards connections to `server`, flipping one bit of the server's byte at `at`.
-    async fn tampering_proxy(server: String, at: usize) -> String {
+    /// Forwards connections to `server`, flipping one bit of the server's byte at `at`; returns
+    /// its address and everything it forwarded from the server.
+    async fn tampering_proxy(server: String, at: usize) -> (String, Arc<Mutex<Vec<u8>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
+        let forwarded = Arc::new(Mutex::new(Vec::new()));
+        let record = forwarded.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let upstream = TcpStream::connect(&server).await.expect("server");
@@ -258,6 +263,7 @@ mod tests {
                 tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
                 });
+                let record = record.clone();
                 tokio::spawn(async move {
                     let (mut seen, mut buf) = (0usize, vec![0u8; 64 << 10]);
                     while let Ok(n @ 1..) = server_read.read(&mut buf).await {
@@ -265,6 +271,7 @@ mod tests {
                             buf[at - seen] ^= 0x04;
                         }
                         seen += n;
+                        record.lock().expect("record").extend_from_slice(&buf[..n]);
                         if client_write.write_all(&buf[..n]).await.is_err() {
                             return;
                         }
@@ -272,26 +279,37 @@ mod tests {
                 });
             }
         });
-        address
+        (address, forwarded)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_bit_flipped_on_the_wire_fails_the_fetch() {
+    async fn a_flipped_bit_fails_the_fetch_and_the_wire_shows_no_weights() {
         let ca = RunCa::new();
         let load = |name: &str| ca.load(name);
         let (address, versions, shutdown) = learner_port(load("learner")).await;
         let published = Arc::new(publish(&model(6), 3));
         let total: usize = published.chunks.iter().map(|c| c.data.len()).sum();
         assert!(total > 1 << 20, "the flip must land in the sealed frames, past TLS");
-        versions.send_replace(Some(published));
+        versions.send_replace(Some(published.clone()));
         let actor = load("actor");
         // The handshake and the offer take a few KB; the byte at 512 KB is a frame's.
-        let proxy = tampering_proxy(address.clone(), 512 << 10).await;
+        let (proxy, _) = tampering_proxy(address.clone(), 512 << 10).await;
         let err = actor::runtime::fetch_raw(&actor, &proxy, 3, None).await.expect_err("tampered");
         assert!(format!("{err:#}").contains("failed authentication"), "{err:#}");
         // Untouched, the same fetch succeeds.
-        let proxy = tampering_proxy(address, usize::MAX).await;
+        let (proxy, first) = tampering_proxy(address.clone(), usize::MAX).await;
         actor::runtime::fetch_raw(&actor, &proxy, 3, None).await.expect("intact");
+        // What crossed the wire shows none of the weights, and a second transfer of the same
+        // version, under a key of its own, shows other bytes.
+        let (proxy, second) = tampering_proxy(address, usize::MAX).await;
+        actor::runtime::fetch_raw(&actor, &proxy, 3, None).await.expect("intact");
+        let (first, second) = (first.lock().expect("first"), second.lock().expect("second"));
+        assert!(first.len() > total && second.len() > total, "every byte went through");
+        let biggest = published.chunks.iter().max_by_key(|c| c.data.len()).expect("a chunk");
+        let middle = biggest.data.len() / 2;
+        let weights = &biggest.data[middle..middle + 64];
+        assert!(!first.windows(64).any(|w| w == weights), "weights in the clear on the wire");
+        assert_ne!(first[512 << 10..(512 << 10) + 64], second[512 << 10..(512 << 10) + 64]);
         shutdown.cancel();
     }
 
