@@ -13,9 +13,10 @@
 //! Run with `./dev bench transport` or
 //! `cargo bench -p learner --bench transport -- [--groups N] [--connections N] [--dtype f32|bf16]
 //! [--rounds N] [--subscribers N] [--ingest-only] [--tls]`. `--tls` serves two learners in one
-//! process, one plaintext and one with mutual TLS (a fresh CA, the learner's and an actor's certificates,
-//! the authorisation layer), runs every round on both in turn (the order swapped each round,
-//! so that both see the machine alike), and prints how much slower TLS is (issue #11).
+//! process, one plaintext and one with mutual TLS (a fresh CA, the learner's and an actor's
+//! certificates, the authorisation layer), runs every round on both in turn (the order swapped
+//! each round, so that both see the machine alike), and prints how much slower TLS is
+//! (issue #11).
 //! Server and clients share this machine's cores; the numbers include that.
 
 use std::io::{Read, Write as _};
@@ -237,9 +238,10 @@ async fn ingest(
     (seconds, total * GROUP_SIZE, total * bytes_per_group)
 }
 
-/// `subscribers` subscribers as actors run them (`cluster.weights_transport = "tcp"`): each takes the
-/// notices of `WatchPolicy` and fetches the even-numbered versions (the raw rounds') from the
-/// raw weights port into the buffers of the version before, and reports the bytes it holds.
+/// `subscribers` subscribers as actors run them (`cluster.weights_transport = "tcp"`): each
+/// takes the notices of `WatchPolicy` and fetches the even-numbered versions (the raw rounds')
+/// from the raw weights port into the buffers of the version before, and reports the bytes it
+/// holds.
 async fn raw_subscribers(
     security: Arc<Security>,
     address: SocketAddr,
@@ -300,8 +302,8 @@ async fn publish_raw(
     started.elapsed().as_secs_f64()
 }
 
-/// Publishes `model` and times `subscribers` subscribers receiving every chunk; returns the seconds and the
-/// chunks' payloads (for the plain TCP copies of the same bytes).
+/// Publishes `model` and times `subscribers` subscribers receiving every chunk; returns the
+/// seconds and the chunks' payloads (for the plain TCP copies of the same bytes).
 async fn publish(
     security: &Security,
     address: SocketAddr,
