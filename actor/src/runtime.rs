@@ -426,9 +426,8 @@ pub async fn fetch_raw(
         // The learner ends every transfer with an empty last frame: reading it checks that
         // nothing follows, and the connection then closes with nothing left unread.
         if sealed.read(&mut [0u8; 1])? != 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "more bytes than the policy version's header names",
+            return Err(crate::weights::invalid(
+                "more bytes than the policy version's header names".into(),
             ));
         }
         Ok(received)

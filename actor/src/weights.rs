@@ -247,7 +247,7 @@ pub fn raw_header(published: &Published) -> Vec<u8> {
     header
 }
 
-fn invalid(message: String) -> std::io::Error {
+pub(crate) fn invalid(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message)
 }
 
