@@ -340,8 +340,12 @@ async fn follow(config: &RunConfig, started: &mut [Started]) -> anyhow::Result<E
         println!("training finished before the first status check");
         return Ok(Ended::Finished);
     }
-    let mut coordinator_client = CoordinatorClient::new(connect(&started[coordinator]).await?);
-    let mut learner_client = LearnerClient::new(connect(&started[learner]).await?);
+    // Lazy channels: a learner with little to do may finish between its health check and
+    // here, and a status call that fails is only skipped; the exits are read below.
+    let lazy =
+        |process: &Started| process.dialer.channel(&process.grpc.to_string(), process.role());
+    let mut coordinator_client = CoordinatorClient::new(lazy(&started[coordinator])?);
+    let mut learner_client = LearnerClient::new(lazy(&started[learner])?);
     let terminal = std::io::stdout().is_terminal();
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let mut last_printed = Instant::now() - Duration::from_secs(60);
