@@ -5,7 +5,8 @@
 //! - **weights follower**: the coordinator's `WatchWeights` stream into a `watch` channel;
 //! - **intake** (the `PushTrajectories` handler in `lib.rs`, via [`Shared::accept`]): check,
 //!   de-duplicate, drop stale groups, and queue the rest with backpressure;
-//! - **trainer** ([`train`], a blocking thread): warm start or resume, then per step gather
+//! - **trainer** (`Trainer::run`, a blocking thread per rank: `learner.devices` of them, one
+//!   per device, sharing the intake queue): warm start or resume, then per step gather
 //!   `groups_per_step / world` groups, compute advantages with the configured estimator, take
 //!   spec §4's loss, all-reduce the token count, statistics and gradients across ranks, step
 //!   AdamW, report the batch mean to the coordinator, log, publish weights every `sync_every`
@@ -307,16 +308,19 @@ pub async fn work(
     if matches!(device, Device::Cuda(_)) && !use_nccl {
         tracing::warn!("no NCCL library found (libnccl.so); learner ranks all-reduce over TCP");
     }
+    let devices = local_devices(device, config.learner.devices)?;
     let nccl_id = if use_nccl { nccl::unique_id()? } else { Vec::new() };
-    let mut member = cluster::register(&config, &process, 1, nccl_id, collective_address).await?;
+    let mut member =
+        cluster::register(&config, &process, devices.len() as u32, nccl_id, collective_address)
+            .await?;
     member.spawn_heartbeats(process.clone(), progress.clone());
     let view = member.rendezvous(&process).await?;
     let world = view.world_size.max(1) as usize;
-    let rank = view.first_rank as usize;
-    shared.rank.store(rank as u64, Ordering::Relaxed);
+    let first_rank = view.first_rank as usize;
+    shared.rank.store(first_rank as u64, Ordering::Relaxed);
     shared.world.store(world as u64, Ordering::Relaxed);
     let tool_server = view.tool_servers.first().map(|p| p.address.clone());
-    tracing::info!(node = %member.node_id, rank, world, tool_server = ?tool_server, "rendezvous complete");
+    tracing::info!(node = %member.node_id, first_rank, devices = devices.len(), world, tool_server = ?tool_server, "rendezvous complete");
     if !(config.algorithm.groups_per_step as usize).is_multiple_of(world) {
         bail!(
             "key `algorithm.groups_per_step`: {} groups do not split evenly over {world} learner ranks",
@@ -329,53 +333,99 @@ pub async fn work(
         shared.clone(),
         process.shutdown().clone(),
     ));
-    let collective = match device {
-        // NCCL even for one rank, so a single-GPU run exercises the same path as a cluster.
-        Device::Cuda(ordinal) if use_nccl => {
-            CollectivePlan::Nccl { ordinal, id: view.nccl_unique_id.clone() }
-        }
-        _ if world > 1 => {
-            // A host name (an advertised DNS name in Kubernetes) is resolved once, here.
-            let root = std::net::ToSocketAddrs::to_socket_addrs(view.collective_address.as_str())
+    let timeout = Duration::from_millis(config.cluster.collective_timeout_ms);
+    // A host name (an advertised DNS name in Kubernetes) is resolved once, here.
+    let root = if world > 1 && !use_nccl {
+        Some(
+            std::net::ToSocketAddrs::to_socket_addrs(view.collective_address.as_str())
                 .ok()
                 .and_then(|mut addresses| addresses.next())
                 .with_context(|| {
                     format!("resolving rank 0's collective address {:?}", view.collective_address)
-                })?;
-            CollectivePlan::Tcp {
+                })?,
+        )
+    } else {
+        None
+    };
+    let mut listener = Some(listener);
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    let mut trainers = Vec::with_capacity(devices.len());
+    for (local, device) in devices.into_iter().enumerate() {
+        let rank = first_rank + local;
+        let collective = match (device, root) {
+            // NCCL even for one rank, so a single-GPU run exercises the same path as a cluster.
+            (Device::Cuda(ordinal), _) if use_nccl => {
+                CollectivePlan::Nccl { ordinal, id: view.nccl_unique_id.clone(), timeout }
+            }
+            (_, Some(root)) => CollectivePlan::Tcp {
                 root,
-                listener: if rank == 0 { Some(listener) } else { None },
-                timeout: Duration::from_millis(config.cluster.collective_timeout_ms),
+                listener: if rank == 0 { listener.take() } else { None },
+                timeout,
                 security: process.security().clone(),
+            },
+            _ => CollectivePlan::None,
+        };
+        // Only rank 0 evaluates, so only it calls the tool-server.
+        let tools = match &tool_server {
+            Some(address) if rank == 0 => Some(GrpcTools::new(
+                Handle::current(),
+                process.channel(address, paretopo_service::Role::ToolServer)?,
+                ToolClientConfig { caller_id: member.node_id.clone(), ..Default::default() },
+            )),
+            _ => None,
+        };
+        let trainer = Trainer {
+            config: config.clone(),
+            estimator,
+            shared: shared.clone(),
+            queue: queue.clone(),
+            process: process.clone(),
+            progress: progress.clone(),
+            coordinator: member.client.clone(),
+            node_id: member.node_id.clone(),
+            rank,
+            local,
+            world,
+            collective: Some(collective),
+            tools,
+            device,
+            runtime: Handle::current(),
+        };
+        trainers.push(tokio::task::spawn_blocking(move || trainer.run()));
+    }
+    // Every rank of this process ends: a rank that fails makes the others fail at their next
+    // collective call (a closed connection, or the deadline), so waiting for all cannot hang.
+    let mut first_error = None;
+    for (local, trainer) in trainers.into_iter().enumerate() {
+        let result = trainer.await.context("the trainer panicked").and_then(|r| r);
+        if let Err(e) = result {
+            if first_error.is_some() {
+                tracing::warn!(rank = first_rank + local, "trainer failed too: {e:#}");
+            } else {
+                first_error = Some(e);
             }
         }
-        _ => CollectivePlan::None,
-    };
-    let tools = match &tool_server {
-        Some(address) => Some(GrpcTools::new(
-            Handle::current(),
-            process.channel(address, paretopo_service::Role::ToolServer)?,
-            ToolClientConfig { caller_id: member.node_id.clone(), ..Default::default() },
-        )),
-        None => None,
-    };
-    let trainer = Trainer {
-        config,
-        estimator,
-        shared,
-        queue,
-        process: process.clone(),
-        progress,
-        coordinator: member.client.clone(),
-        node_id: member.node_id.clone(),
-        rank,
-        world,
-        collective: Some(collective),
-        tools,
-        device,
-        runtime: Handle::current(),
-    };
-    tokio::task::spawn_blocking(move || trainer.run()).await.context("the trainer panicked")?
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The devices this learner process drives, one rank each: `count` CUDA devices from `first`
+/// on, or `count` replicas on the CPU.
+fn local_devices(first: Device, count: u32) -> anyhow::Result<Vec<Device>> {
+    let count = count.max(1) as usize;
+    match first {
+        Device::Cuda(ordinal) => {
+            let available = tch::Cuda::device_count().max(0) as usize;
+            if ordinal + count > available {
+                bail!(
+                    "key `learner.devices`: {count} CUDA devices from cuda:{ordinal} on, but \
+                     libtorch sees {available}"
+                );
+            }
+            Ok((ordinal..ordinal + count).map(Device::Cuda).collect())
+        }
+        other => Ok(vec![other; count]),
+    }
 }
 
 /// How this rank will reach the others, decided at the rendezvous. The communicator itself is
@@ -392,8 +442,8 @@ enum CollectivePlan {
         timeout: Duration,
         security: Arc<paretopo_service::security::Security>,
     },
-    /// NCCL on CUDA device `ordinal` with rank 0's unique id.
-    Nccl { ordinal: usize, id: Vec<u8> },
+    /// NCCL on CUDA device `ordinal` with rank 0's unique id; every call has `timeout`.
+    Nccl { ordinal: usize, id: Vec<u8>, timeout: Duration },
 }
 
 /// The all-reduce between learner ranks: NCCL on CUDA, TCP between CPU processes, or nothing
@@ -412,8 +462,8 @@ impl Collective {
             CollectivePlan::Tcp { root, listener, timeout, security } => Collective::Tcp(
                 TcpCollective::join(rank, world, root, listener, timeout, &security)?,
             ),
-            CollectivePlan::Nccl { ordinal, id } => {
-                let joined = NcclCollective::join(ordinal, rank, world, &id)?;
+            CollectivePlan::Nccl { ordinal, id, timeout } => {
+                let joined = NcclCollective::join(ordinal, rank, world, &id, timeout)?;
                 tracing::info!(rank, world, ordinal, "NCCL communicator ready");
                 Collective::Nccl(joined)
             }
@@ -440,6 +490,18 @@ impl Collective {
         }
         Ok(())
     }
+}
+
+/// Whether `error` is a collective's lost (or stalled) rank, and which rank when the
+/// collective can tell: the CPU collective knows the silent peer; NCCL only knows that its
+/// call missed the deadline or that a peer failed.
+fn lost_rank(error: &anyhow::Error) -> Option<Option<usize>> {
+    error.chain().find_map(|cause| {
+        if let Some(lost) = cause.downcast_ref::<CollectiveError>() {
+            return Some(lost.peer());
+        }
+        cause.downcast_ref::<nccl::NcclError>().filter(|e| e.is_lost_rank()).map(|_| None)
+    })
 }
 
 /// Follows the coordinator's weights until shutdown, reconnecting with backoff.
@@ -479,12 +541,16 @@ struct Trainer {
     config: RunConfig,
     estimator: Estimator,
     shared: Arc<Shared>,
-    queue: mpsc::Receiver<Queued>,
+    /// The intake queue, shared by this process's ranks; a rank holds it while it gathers.
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
     process: Arc<Process>,
     progress: Arc<Progress>,
     coordinator: CoordinatorClient<Channel>,
     node_id: String,
     rank: usize,
+    /// This rank's index among the process's ranks; index 0 speaks for the process (phase,
+    /// step, published weights).
+    local: usize,
     world: usize,
     collective: Option<CollectivePlan>,
     tools: Option<GrpcTools>,
@@ -542,7 +608,9 @@ impl Trainer {
                     lost = totals.lost,
                     "trajectory ledger resumed (groups queued at the checkpoint are counted lost)"
                 );
-                *self.shared.ledger() = ledger;
+                if self.local == 0 {
+                    *self.shared.ledger() = ledger;
+                }
                 state
             }
             None => {
@@ -566,8 +634,7 @@ impl Trainer {
             }
         };
         let reference = self.reference(&model, &tokenizer, state.step)?;
-        self.shared.step.store(state.step, Ordering::Relaxed);
-        self.progress.progress.store(state.step, Ordering::Relaxed);
+        self.count_step(state.step);
         self.publish(&model, state.policy_version);
         let total = self.config.algorithm.total_steps;
         let mut metrics = std::fs::OpenOptions::new()
@@ -577,7 +644,7 @@ impl Trainer {
             .context("opening metrics.jsonl")?;
         let started = Instant::now();
         while state.step < total {
-            self.shared.set_phase("training", state.step, total);
+            self.set_phase("training", state.step, total);
             let Some(batch) = self.gather(&state)? else { break };
             let stepped = self.step(
                 &model,
@@ -590,11 +657,10 @@ impl Trainer {
             let record = match stepped {
                 Ok(record) => record,
                 Err(e) => {
-                    let lost = e.chain().find_map(|c| c.downcast_ref::<CollectiveError>());
-                    let Some(lost) = lost else { return Err(e) };
+                    let Some(lost) = lost_rank(&e) else { return Err(e) };
                     // Every collective call of a step comes before its optimizer update, so the
                     // model and `state` still hold the last completed step: rank 0 saves them.
-                    let peer = lost.peer().map_or("a rank".into(), |p| format!("rank {p}"));
+                    let peer = lost.map_or("a rank".into(), |p| format!("rank {p}"));
                     if self.rank != 0 {
                         bail!("lost learner {peer} at step {}: {e:#}", state.step + 1);
                     }
@@ -618,8 +684,7 @@ impl Trainer {
                 writeln!(metrics, "{record}").context("writing metrics.jsonl")?;
             }
             let step = state.step;
-            self.shared.step.store(step, Ordering::Relaxed);
-            self.progress.progress.store(step, Ordering::Relaxed);
+            self.count_step(step);
             if step % self.config.algorithm.sync_every == 0 {
                 state.policy_version += 1;
                 self.publish(&model, state.policy_version);
@@ -668,7 +733,7 @@ impl Trainer {
             if let Some(result) = self.evaluate(&model, &tokenizer, &task, "final")? {
                 write_eval(&run_dir, "final", &result)?;
             }
-            self.shared.set_phase("done", total, total);
+            self.set_phase("done", total, total);
         }
         Ok(())
     }
@@ -731,7 +796,7 @@ impl Trainer {
         let started = Instant::now();
         let shutdown = self.process.shutdown().clone();
         let losses = warm_start(model, tokenizer, &task.demonstrations, &config, |step, loss| {
-            self.shared.set_phase("warm start", step as u64 + 1, total);
+            self.set_phase("warm start", step as u64 + 1, total);
             if step % 50 == 0 {
                 tracing::info!(step, loss, "warm start");
             }
@@ -798,7 +863,27 @@ impl Trainer {
         Ok(Some(result))
     }
 
+    /// The phase, for status (this process's first rank speaks for it).
+    fn set_phase(&self, name: &str, done: u64, total: u64) {
+        if self.local == 0 {
+            self.shared.set_phase(name, done, total);
+        }
+    }
+
+    /// Steps done, for status and heartbeats (this process's first rank speaks for it).
+    fn count_step(&self, step: u64) {
+        if self.local == 0 {
+            self.shared.step.store(step, Ordering::Relaxed);
+            self.progress.progress.store(step, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes `model` as `version` on this process's weights port (its ranks hold the same
+    /// bits, so its first rank publishes for all).
     fn publish(&self, model: &Qwen2, version: u64) {
+        if self.local != 0 {
+            return;
+        }
         let published = Arc::new(weights::publish(model, version));
         self.shared.policy_version.store(version, Ordering::Relaxed);
         self.progress.policy_version.store(version, Ordering::Relaxed);
@@ -811,11 +896,22 @@ impl Trainer {
         let wanted = self.config.algorithm.groups_per_step as usize / self.world;
         let mut batch = Vec::with_capacity(wanted);
         let shutdown = self.process.shutdown().clone();
+        // Held until this rank has its share: the process's ranks take theirs one after the
+        // other.
+        let queue = self.queue.clone();
+        let Some(mut queue) = self.runtime.block_on(async {
+            tokio::select! {
+                () = shutdown.cancelled() => None,
+                queue = queue.lock() => Some(queue),
+            }
+        }) else {
+            return Ok(None);
+        };
         while batch.len() < wanted {
             let next = self.runtime.block_on(async {
                 tokio::select! {
                     () = shutdown.cancelled() => None,
-                    next = self.queue.recv() => next,
+                    next = queue.recv() => next,
                 }
             });
             let Some(queued) = next else { return Ok(None) };
@@ -1099,4 +1195,30 @@ pub fn parameter_digest(model: &Qwen2) -> String {
         }
     }
     format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_rank_is_recognised_under_any_context_and_named_when_known() {
+        let cpu = anyhow::Error::new(CollectiveError::Timeout { rank: 0, peer: 1, seconds: 2.0 })
+            .context("all-reducing gradients");
+        assert_eq!(lost_rank(&cpu), Some(Some(1)));
+        let gpu = anyhow::Error::new(nccl::NcclError::Timeout {
+            what: "all-reduce",
+            rank: 0,
+            world: 2,
+            seconds: 2.0,
+        })
+        .context("all-reducing gradients");
+        assert_eq!(lost_rank(&gpu), Some(None));
+        let gone = anyhow::Error::new(nccl::NcclError::PeerLost { what: "all-reduce", rank: 0 });
+        assert_eq!(lost_rank(&gone), Some(None));
+        // Not a lost rank: the run fails with the error itself, no checkpoint.
+        let aborted = anyhow::Error::new(nccl::NcclError::Aborted).context("all-reducing");
+        assert_eq!(lost_rank(&aborted), None);
+        assert_eq!(lost_rank(&anyhow::anyhow!("disk full")), None);
+    }
 }

@@ -689,6 +689,10 @@ pub struct LearnerSection {
     /// `--set learner.index=$(JOB_COMPLETION_INDEX)`): its node id is `learner-<index>` and its
     /// first global rank `index` x its GPUs. Unset: ranks follow registration order.
     pub index: Option<u32>,
+    /// How many devices this learner process drives, each a rank of its own: with
+    /// `model.device = "cuda:N"` (or `cuda`, `auto` on a GPU machine) CUDA devices N, N+1, ...
+    /// On the CPU each is another replica on the same cores, which only tests the path.
+    pub devices: u32,
 }
 
 impl Default for LearnerSection {
@@ -702,6 +706,7 @@ impl Default for LearnerSection {
             collective_port: 0,
             weights_port: 0,
             index: None,
+            devices: 1,
         }
     }
 }
@@ -911,6 +916,9 @@ impl RunConfig {
         }
         if let Err((key, message)) = self.cluster.validate() {
             return fail(&format!("cluster.{key}"), message);
+        }
+        if self.learner.devices == 0 {
+            return fail("learner.devices", "must be at least 1".into());
         }
         if self.security.max_auth_failures_per_minute == 0 {
             return fail("security.max_auth_failures_per_minute", "must be at least 1".into());

@@ -232,6 +232,52 @@ async fn two_cpu_learner_ranks_hold_the_same_parameters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_learner_process_drives_two_ranks_that_hold_the_same_parameters() {
+    // `learner.devices = 2` on the CPU: one process, two ranks (two replicas, the TCP
+    // collective between them), the path a learner pod with several GPUs takes with NCCL.
+    let run = TestRun::new(4, 3, &["learner.devices=2"]).with_mtls();
+    let mut coordinator = run.start("coordinator", "coordinator", run.coordinator);
+    coordinator.wait_serving(Duration::from_secs(20)).await;
+    let mut tool_server = run.start("tool-server", "tool-server", free_addr());
+    let mut learner = run.start("learner", "learner", free_addr());
+    let mut actors: Vec<Server> =
+        (0..2).map(|i| run.start("actor", &format!("actor-{i}"), free_addr())).collect();
+    expect_clean_exit(&run, &mut learner, Duration::from_secs(180));
+    let log = std::fs::read_to_string(run.log("learner")).expect("log");
+    assert!(
+        log.lines().any(|l| l.contains("rendezvous complete")
+            && l.contains("first_rank=0")
+            && l.contains("devices=2")
+            && l.contains("world=2")),
+        "{log}"
+    );
+    // Each rank logs its final digest: two lines, ranks 0 and 1, the same bits.
+    let finals: Vec<(String, String)> = log
+        .lines()
+        .filter(|l| l.contains("final parameters") && l.contains("step=3 "))
+        .map(|l| {
+            let field = |name: &str| {
+                l.split(&format!("{name}=")).nth(1).and_then(|r| r.split_whitespace().next())
+            };
+            (field("rank").unwrap_or_default().into(), field("digest").unwrap_or_default().into())
+        })
+        .collect();
+    let mut ranks: Vec<&str> = finals.iter().map(|(rank, _)| rank.as_str()).collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, ["0", "1"], "{log}");
+    assert_eq!(finals[0].1, finals[1].1, "{log}");
+    assert!(!finals[0].1.is_empty(), "{log}");
+    // The ranks stepped together: the coordinator saw every step, once.
+    assert_eq!(coordinator_status(&run).await.step, 3);
+    let ledger = final_ledger(&run);
+    assert_eq!(ledger_total(&ledger, "trained"), 3 * 2, "{ledger:?}");
+    for server in actors.iter_mut().chain([&mut tool_server, &mut coordinator]) {
+        server.sigterm();
+        expect_clean_exit(&run, server, Duration::from_secs(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_coordinator_restarts_from_its_state_and_the_running_workers_carry_on() {
     let run = TestRun::new(4, 30, &[]);
     let (mut coordinator, mut tool_server, mut learner, mut actors) = start_run(&run, 2).await;
