@@ -9,7 +9,9 @@
   unknown fields made errors the way the API server's strict field validation makes them.
 - The run's shape: the coordinator's --nodes equals the worker pods (replicas x parallelism of
   every replicated job but the coordinator), and --learners/--actors/--tool-servers equal the
-  pods of those jobs; every pod's run config names the coordinator's JobSet DNS name.
+  pods of those jobs; every pod's run config names the coordinator's JobSet DNS name; each
+  learner pod drives as many devices (`learner.devices`) as it requests GPUs, and
+  `algorithm.groups_per_step` splits evenly over the learner ranks (pods x devices).
 
 Prints one line per overlay; exits 1 naming the first problem of each that fails. kubectl comes
 from $KUBECTL or .tools/bin/kubectl (scripts/install-k8s-tools.sh puts it there).
@@ -29,6 +31,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES_VERSION = "1.37.0"
 WORKER_ROLES = {"learner": "--learners", "actor": "--actors", "tool-server": "--tool-servers"}
+# The defaults of `learner.devices` and `algorithm.groups_per_step` (service/src/config.rs).
+DEFAULT_DEVICES = 1
+DEFAULT_GROUPS_PER_STEP = 8
 
 
 def kubectl():
@@ -91,10 +96,22 @@ def check_shape(jobset, configs):
             raise ValueError(f"{option} {flag(args, option)}, but {role} has {pods.get(role, 0)} pods")
     subdomain = jobset["spec"].get("network", {}).get("subdomain", name)
     want = f"{name}-coordinator-0-0.{subdomain}:"
+    learner = jobs["learner"]["template"]["spec"]["template"]["spec"]["containers"][0]
+    gpus = int(learner.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
     for config_name, text in configs.items():
-        address = tomllib.loads(text).get("cluster", {}).get("coordinator_address", "")
+        config = tomllib.loads(text)
+        address = config.get("cluster", {}).get("coordinator_address", "")
         if not address.startswith(want):
             raise ValueError(f"ConfigMap {config_name}: coordinator_address {address!r} is not {want}<port>")
+        devices = config.get("learner", {}).get("devices", DEFAULT_DEVICES)
+        if gpus and devices != gpus:
+            raise ValueError(f"ConfigMap {config_name}: learner.devices = {devices}, but learner pods "
+                             f"request {gpus} GPUs")
+        ranks = pods.get("learner", 0) * devices
+        groups = config.get("algorithm", {}).get("groups_per_step", DEFAULT_GROUPS_PER_STEP)
+        if ranks and groups % ranks:
+            raise ValueError(f"ConfigMap {config_name}: algorithm.groups_per_step = {groups} does not "
+                             f"split over {ranks} learner ranks ({pods['learner']} pods x {devices} devices)")
     return nodes, pods
 
 

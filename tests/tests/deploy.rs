@@ -45,6 +45,17 @@ fn overlays() -> Vec<String> {
     overlays
 }
 
+/// The overlay `name` of `deploy/k8s/overlays`, rendered by `kubectl kustomize`.
+fn render(name: &str) -> String {
+    let overlay = workspace_root().join("deploy/k8s/overlays").join(name);
+    let rendered = Command::new(kubectl())
+        .args(["kustomize", &overlay.display().to_string()])
+        .output()
+        .expect("kubectl kustomize");
+    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+    String::from_utf8(rendered.stdout).expect("utf-8")
+}
+
 #[test]
 fn every_overlay_renders_validates_and_waits_for_its_worker_pods() {
     let overlays = overlays();
@@ -63,15 +74,7 @@ fn every_overlay_renders_validates_and_waits_for_its_worker_pods() {
 
 #[test]
 fn a_wrong_node_count_an_unknown_field_or_a_bad_value_is_refused() {
-    let rendered = Command::new(kubectl())
-        .args([
-            "kustomize",
-            &workspace_root().join("deploy/k8s/overlays/cpu-8-nodes").display().to_string(),
-        ])
-        .output()
-        .expect("kubectl kustomize");
-    assert!(rendered.status.success());
-    let text = String::from_utf8(rendered.stdout).expect("utf-8");
+    let text = render("cpu-8-nodes");
     let dir = tempfile::tempdir().expect("dir");
     let cases = [
         (
@@ -106,6 +109,16 @@ fn a_wrong_node_count_an_unknown_field_or_a_bad_value_is_refused() {
         ),
         ("probe-port", text.replacen("port: 8081", "port: 7000", 1), "not the health port 8081"),
         ("plaintext", text.replacen("tls_dir = ", "# tls_dir = ", 1), "security.tls_dir is unset"),
+        (
+            // 2 learner pods x 3 devices = 6 ranks; the default 8 groups do not split.
+            "uneven-groups",
+            text.replacen(
+                "    weights_port = 7002\n",
+                "    weights_port = 7002\n    devices = 3\n",
+                1,
+            ),
+            "algorithm.groups_per_step = 8 does not split over 6 learner ranks",
+        ),
     ];
     let crd = workspace_root().join("../shared/k8s/jobset.x-k8s.io_jobsets.yaml");
     let have_crd = std::env::var_os("JOBSET_CRD").is_some() || crd.is_file();
@@ -122,6 +135,20 @@ fn a_wrong_node_count_an_unknown_field_or_a_bad_value_is_refused() {
         assert!(!out.status.success(), "case {name} passed");
         assert!(stderr.contains("INVALID") && stderr.contains(want), "case {name}: {stderr}");
     }
+}
+
+#[test]
+fn a_gpu_learner_pod_that_would_leave_gpus_idle_is_refused() {
+    let text = render("gpu-multinode");
+    let broken = text.replacen("devices = 8\n", "devices = 4\n", 1);
+    assert_ne!(broken, text, "the overlay sets learner.devices = 8");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("idle-gpus.yaml");
+    std::fs::write(&path, broken).expect("write");
+    let out = validate(&["--rendered".into(), path.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("learner.devices = 4, but learner pods request 8 GPUs"), "{stderr}");
 }
 
 #[test]
