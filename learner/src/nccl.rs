@@ -42,13 +42,16 @@ pub enum NcclError {
         /// NCCL's result code.
         code: String,
     },
-    /// NCCL reports that a peer failed or left (`ncclRemoteError`).
-    #[error("NCCL {what} on rank {rank}: a peer rank failed or left (ncclRemoteError)")]
+    /// NCCL reports that a peer failed or left, or that the connection to one broke
+    /// (`ncclRemoteError`, `ncclSystemError`).
+    #[error("NCCL {what} on rank {rank}: a peer rank failed or left ({code})")]
     PeerLost {
         /// The call.
         what: &'static str,
         /// This rank.
         rank: usize,
+        /// NCCL's result code.
+        code: String,
     },
     /// The call did not complete by its deadline; the communicator was aborted.
     #[error(
@@ -111,8 +114,10 @@ const CONFIG_MAGIC: u32 = 0xcafe_beef;
 const UNDEFINED: i32 = i32::MIN;
 
 /// A communicator config that asks for non-blocking calls and leaves everything else to NCCL.
-/// The version says 2.14, so NCCL reads only `blocking` from it and takes its own defaults for
-/// every later field, whatever NCCL version is loaded (`parseCommConfig` in NCCL's `init.cc`).
+/// The version says 2.14 (the first with `ncclCommInitRankConfig`, so NCCL 2.14 or newer is
+/// needed), so NCCL takes its own defaults for every field that came later, whatever version is
+/// loaded (`parseCommConfig` in NCCL's `init.cc`); the fields it reads whatever the version
+/// (`splitShare`, `commName`) are left undefined here.
 fn nonblocking_config() -> sys::ncclConfig_t {
     sys::ncclConfig_t {
         size: std::mem::size_of::<sys::ncclConfig_t>(),
@@ -271,7 +276,14 @@ impl NcclCollective {
         }
         // Non-blocking: the call may return before the operation is enqueued.
         self.wait("all-reduce", started, || Ok(true))?;
-        let enqueued = stream.record_event(None).map_err(driver)?;
+        let enqueued = match stream.record_event(None) {
+            Ok(event) => event,
+            Err(e) => {
+                // The all-reduce may still be running: stop it before `device` is freed.
+                self.abort();
+                return Err(driver(e));
+            }
+        };
         self.wait("all-reduce", started, || enqueued.try_is_complete().map_err(driver))?;
         stream.memcpy_dtoh(&device, buffer).map_err(driver)?;
         stream.synchronize().map_err(driver)
@@ -304,7 +316,10 @@ impl NcclCollective {
             match state {
                 sys::ncclResult_t::ncclSuccess => done(),
                 sys::ncclResult_t::ncclInProgress => Ok(false),
-                sys::ncclResult_t::ncclRemoteError => Err(NcclError::PeerLost { what, rank }),
+                code
+                @ (sys::ncclResult_t::ncclRemoteError | sys::ncclResult_t::ncclSystemError) => {
+                    Err(NcclError::PeerLost { what, rank, code: format!("{code:?}") })
+                }
                 code => Err(failed(what, code)),
             }
         });
@@ -455,7 +470,9 @@ mod tests {
     fn only_timeouts_and_lost_peers_count_as_a_lost_rank() {
         let timeout = NcclError::Timeout { what: "all-reduce", rank: 1, world: 2, seconds: 1.0 };
         assert!(timeout.is_lost_rank());
-        assert!(NcclError::PeerLost { what: "all-reduce", rank: 1 }.is_lost_rank());
+        let gone =
+            NcclError::PeerLost { what: "all-reduce", rank: 1, code: "ncclRemoteError".into() };
+        assert!(gone.is_lost_rank());
         assert!(!NcclError::Aborted.is_lost_rank());
         assert!(!NcclError::BadId(3).is_lost_rank());
         let message = timeout.to_string();

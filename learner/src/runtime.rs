@@ -120,6 +120,12 @@ pub struct Shared {
     pub max_staleness: u64,
     /// The queue the trainer takes groups from.
     queue: mpsc::Sender<Queued>,
+    /// True once this process's first rank has installed the ledger it resumes (or found
+    /// none): its other ranks record nothing into the ledger before.
+    ledger_ready: watch::Sender<bool>,
+    /// The last step each of this process's ranks has recorded in the ledger, so that its
+    /// first rank saves a ledger holding every rank's groups of the step it checkpoints.
+    recorded_steps: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -158,6 +164,8 @@ impl Shared {
             ledger: Mutex::new(Ledger::default()),
             max_staleness: config.algorithm.max_staleness,
             queue,
+            ledger_ready: watch::Sender::new(false),
+            recorded_steps: (0..config.learner.devices.max(1)).map(|_| AtomicU64::new(0)).collect(),
         };
         (Arc::new(shared), rx)
     }
@@ -349,7 +357,8 @@ pub async fn work(
     };
     let mut listener = Some(listener);
     let queue = Arc::new(tokio::sync::Mutex::new(queue));
-    let mut trainers = Vec::with_capacity(devices.len());
+    let mut trainers = tokio::task::JoinSet::new();
+    let many = devices.len() > 1;
     for (local, device) in devices.into_iter().enumerate() {
         let rank = first_rank + local;
         let collective = match (device, root) {
@@ -391,22 +400,56 @@ pub async fn work(
             device,
             runtime: Handle::current(),
         };
-        trainers.push(tokio::task::spawn_blocking(move || trainer.run()));
+        trainers.spawn_blocking(move || {
+            // With several ranks in the process, say which one failed.
+            let result = trainer.run();
+            if many { result.with_context(|| format!("learner rank {rank}")) } else { result }
+        });
     }
     // Every rank of this process ends: a rank that fails makes the others fail at their next
     // collective call (a closed connection, or the deadline), so waiting for all cannot hang.
+    // The first failure is the cause; later ones are its echoes.
     let mut first_error = None;
-    for (local, trainer) in trainers.into_iter().enumerate() {
-        let result = trainer.await.context("the trainer panicked").and_then(|r| r);
-        if let Err(e) = result {
-            if first_error.is_some() {
-                tracing::warn!(rank = first_rank + local, "trainer failed too: {e:#}");
-            } else {
-                first_error = Some(e);
-            }
+    while let Some(joined) = trainers.join_next().await {
+        let Err(e) = joined.context("a trainer panicked").and_then(|result| result) else {
+            continue;
+        };
+        if first_error.is_some() {
+            tracing::warn!("{e:#}");
+        } else {
+            first_error = Some(e);
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Lets the process's other ranks record into the ledger once dropped (see
+/// [`Shared::ledger_ready`]).
+struct LedgerReady(Arc<Shared>);
+
+impl Drop for LedgerReady {
+    fn drop(&mut self) {
+        self.0.ledger_ready.send_replace(true);
+    }
+}
+
+/// Replaces the process's ledger with the one a checkpoint saved.
+fn install_resumed_ledger(shared: &Shared, state: &TrainerState) {
+    let ledger = Ledger::resumed(state.ledger.clone());
+    let totals = ledger.totals();
+    tracing::info!(
+        groups = totals.through,
+        trained = totals.trained,
+        stale = totals.stale,
+        invalid = totals.invalid,
+        lost = totals.lost,
+        "trajectory ledger resumed (groups queued at the checkpoint are counted lost)"
+    );
+    *shared.ledger() = ledger;
+    // Every rank resumes from this checkpoint's step.
+    for recorded in &shared.recorded_steps {
+        recorded.store(state.step, Ordering::Release);
+    }
 }
 
 /// The devices this learner process drives, one rank each: `count` CUDA devices from `first`
@@ -587,7 +630,15 @@ impl Trainer {
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("key `run.dir`: creating {}", run_dir.display()))?;
         let keep = self.config.algorithm.keep_checkpoints as usize;
-        let mut state = match checkpoint::load_latest(&run_dir, &model, &mut optimizer)? {
+        // The process's first rank installs the resumed ledger; its other ranks wait for that
+        // before they gather (`LedgerReady` lets them go when dropped, on an error too).
+        let ledger_ready = (self.local == 0).then(|| LedgerReady(self.shared.clone()));
+        let resumed = checkpoint::load_latest(&run_dir, &model, &mut optimizer)?;
+        if let (Some(_), Some((_, state))) = (&ledger_ready, &resumed) {
+            install_resumed_ledger(&self.shared, state);
+        }
+        drop(ledger_ready);
+        let mut state = match resumed {
             Some((dir, state)) => {
                 tracing::info!(
                     dir = %dir.display(),
@@ -598,19 +649,6 @@ impl Trainer {
                     digest = %parameter_digest(&model),
                     "resumed from checkpoint"
                 );
-                let ledger = Ledger::resumed(state.ledger.clone());
-                let totals = ledger.totals();
-                tracing::info!(
-                    groups = totals.through,
-                    trained = totals.trained,
-                    stale = totals.stale,
-                    invalid = totals.invalid,
-                    lost = totals.lost,
-                    "trajectory ledger resumed (groups queued at the checkpoint are counted lost)"
-                );
-                if self.local == 0 {
-                    *self.shared.ledger() = ledger;
-                }
                 state
             }
             None => {
@@ -645,7 +683,9 @@ impl Trainer {
         let started = Instant::now();
         while state.step < total {
             self.set_phase("training", state.step, total);
-            let Some(batch) = self.gather(&state)? else { break };
+            // `None`: shutdown. The rank still joins the step's first collective, which tells
+            // every rank to stop, so none is left waiting there for it until the deadline.
+            let batch = self.gather(&state)?;
             let stepped = self.step(
                 &model,
                 reference.as_ref(),
@@ -655,7 +695,8 @@ impl Trainer {
                 batch,
             );
             let record = match stepped {
-                Ok(record) => record,
+                Ok(Some(record)) => record,
+                Ok(None) => break,
                 Err(e) => {
                     let Some(lost) = lost_rank(&e) else { return Err(e) };
                     // Every collective call of a step comes before its optimizer update, so the
@@ -664,7 +705,7 @@ impl Trainer {
                     if self.rank != 0 {
                         bail!("lost learner {peer} at step {}: {e:#}", state.step + 1);
                     }
-                    state.ledger = self.shared.ledger().clone();
+                    state.ledger = self.ledger_at(state.step);
                     let dir =
                         checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state, keep)?;
                     bail!(
@@ -691,7 +732,7 @@ impl Trainer {
             }
             if step % self.config.algorithm.checkpoint_every == 0 && step < total && self.rank == 0
             {
-                state.ledger = self.shared.ledger().clone();
+                state.ledger = self.ledger_at(state.step);
                 match checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state, keep) {
                     Ok(dir) => {
                         tracing::info!(step, dir = %dir.display(), digest = %parameter_digest(&model), "checkpoint written")
@@ -716,7 +757,7 @@ impl Trainer {
         // Ranks that stepped together hold the same bits; the digest lets anyone check that.
         tracing::info!(step = state.step, rank = self.rank, digest = %parameter_digest(&model), "final parameters");
         if self.rank == 0 {
-            state.ledger = self.shared.ledger().clone();
+            state.ledger = self.ledger_at(state.step);
             let dir = checkpoint::save(&run_dir, &model, &tokenizer, &optimizer, &state, keep)?;
             tracing::info!(
                 step = state.step,
@@ -863,6 +904,20 @@ impl Trainer {
         Ok(Some(result))
     }
 
+    /// The ledger to save with a checkpoint of step `step`: once every rank of this process has
+    /// recorded its groups of that step (each does so after its optimizer update), or once the
+    /// collective deadline has passed (a rank that failed never will).
+    fn ledger_at(&self, step: u64) -> Ledger {
+        let deadline =
+            Instant::now() + Duration::from_millis(self.config.cluster.collective_timeout_ms);
+        while self.shared.recorded_steps.iter().any(|s| s.load(Ordering::Acquire) < step)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.shared.ledger().clone()
+    }
+
     /// The phase, for status (this process's first rank speaks for it).
     fn set_phase(&self, name: &str, done: u64, total: u64) {
         if self.local == 0 {
@@ -896,6 +951,18 @@ impl Trainer {
         let wanted = self.config.algorithm.groups_per_step as usize / self.world;
         let mut batch = Vec::with_capacity(wanted);
         let shutdown = self.process.shutdown().clone();
+        if self.local != 0 {
+            let mut ready = self.shared.ledger_ready.subscribe();
+            let installed = self.runtime.block_on(async {
+                tokio::select! {
+                    () = shutdown.cancelled() => false,
+                    ready = ready.wait_for(|ready| *ready) => ready.is_ok(),
+                }
+            });
+            if !installed {
+                return Ok(None);
+            }
+        }
         // Held until this rank has its share: the process's ranks take theirs one after the
         // other.
         let queue = self.queue.clone();
@@ -939,21 +1006,27 @@ impl Trainer {
         collective: &mut Collective,
         optimizer: &mut AdamW,
         state: &mut TrainerState,
-        batch: Vec<Queued>,
-    ) -> anyhow::Result<serde_json::Value> {
+        batch: Option<Vec<Queued>>,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
         let step = state.step + 1;
         let a = self.config.algorithm.clone();
         let names = self.config.task.objectives.clone();
         let k = names.len();
-        // Rank 0's weights and stage hold for every rank: the others contribute zeros.
+        // Rank 0's weights and stage hold for every rank: the others contribute zeros. The
+        // last entry counts the ranks that are stopping (shutdown came while they gathered):
+        // if any is, no rank takes the step.
         let held = self.shared.objective_weights.borrow().clone();
-        let mut steering = vec![0.0; k + 2];
+        let mut steering = vec![0.0; k + 3];
         if self.rank == 0 {
             steering[..k].copy_from_slice(&held.weights);
             steering[k] = if held.stage == Stage::ParetoRanking as i32 { 2.0 } else { 1.0 };
             steering[k + 1] = held.sequence as f64;
         }
+        steering[k + 2] = if batch.is_none() { 1.0 } else { 0.0 };
         collective.sum(&mut steering).context("all-reducing the weights")?;
+        let Some(batch) = batch.filter(|_| steering[k + 2] == 0.0) else {
+            return Ok(None);
+        };
         let weights = steering[..k].to_vec();
         let stage = steering[k] as u8;
         let sequence = steering[k + 1] as u64;
@@ -1073,6 +1146,7 @@ impl Trainer {
                 ledger.trained(&queued.actor_id);
             }
         }
+        self.shared.recorded_steps[self.local].store(step, Ordering::Release);
         state.objective_weights = weights.clone();
         state.stage = stage;
 
@@ -1103,7 +1177,7 @@ impl Trainer {
         for (name, value) in &metrics_map {
             record[name] = json!(value);
         }
-        Ok(record)
+        Ok(Some(record))
     }
 
     /// Sends step `step`'s batch mean to the coordinator; returns the weights it answers.
@@ -1214,7 +1288,11 @@ mod tests {
         })
         .context("all-reducing gradients");
         assert_eq!(lost_rank(&gpu), Some(None));
-        let gone = anyhow::Error::new(nccl::NcclError::PeerLost { what: "all-reduce", rank: 0 });
+        let gone = anyhow::Error::new(nccl::NcclError::PeerLost {
+            what: "all-reduce",
+            rank: 0,
+            code: "ncclSystemError".into(),
+        });
         assert_eq!(lost_rank(&gone), Some(None));
         // Not a lost rank: the run fails with the error itself, no checkpoint.
         let aborted = anyhow::Error::new(nccl::NcclError::Aborted).context("all-reducing");

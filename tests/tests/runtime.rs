@@ -139,14 +139,7 @@ async fn a_killed_actor_is_marked_lost_and_a_restarted_learner_resumes_from_its_
     // The learner stops on SIGTERM with a checkpoint of the step it finished.
     learner.sigterm();
     expect_clean_exit(&run, &mut learner, Duration::from_secs(30));
-    let latest = std::fs::read_to_string(run.path().join("checkpoints/latest")).expect("latest");
-    let saved: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            run.path().join("checkpoints").join(latest.trim()).join("trainer_state.json"),
-        )
-        .expect("trainer_state.json"),
-    )
-    .expect("json");
+    let saved = latest_trainer_state(&run);
     let saved_step = saved["step"].as_u64().expect("step");
     assert!(saved_step >= before + 2 && saved_step < 40, "{saved}");
     let log = std::fs::read_to_string(run.log("learner")).expect("log");
@@ -190,6 +183,13 @@ async fn a_killed_actor_is_marked_lost_and_a_restarted_learner_resumes_from_its_
     let ledger = final_ledger(&run);
     assert_eq!(ledger_total(&ledger, "trained"), 40 * 2, "{ledger:?}");
     assert!(log.contains("trajectory ledger resumed"), "{log}");
+}
+
+/// `trainer_state.json` of the run's newest checkpoint.
+fn latest_trainer_state(run: &TestRun) -> serde_json::Value {
+    let latest = std::fs::read_to_string(run.path().join("checkpoints/latest")).expect("latest");
+    let path = run.path().join("checkpoints").join(latest.trim()).join("trainer_state.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("trainer_state.json")).expect("json")
 }
 
 /// The digest logged with `message` at `step=<step>`.
@@ -271,6 +271,34 @@ async fn one_learner_process_drives_two_ranks_that_hold_the_same_parameters() {
     assert_eq!(coordinator_status(&run).await.step, 3);
     let ledger = final_ledger(&run);
     assert_eq!(ledger_total(&ledger, "trained"), 3 * 2, "{ledger:?}");
+    for server in actors.iter_mut().chain([&mut tool_server, &mut coordinator]) {
+        server.sigterm();
+        expect_clean_exit(&run, server, Duration::from_secs(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_with_two_ranks_stops_cleanly_on_sigterm_with_both_ranks_groups_saved() {
+    // SIGTERM reaches the ranks at different points: one waits for groups, the other may be
+    // in the step's first collective already. They agree there to stop (no rank waits for the
+    // 60 s deadline, none takes the lost-rank path), and the checkpoint's ledger holds both
+    // ranks' groups of every step it saved.
+    let run = TestRun::new(4, 200, &["learner.devices=2", "cluster.collective_timeout_ms=60000"]);
+    let (mut coordinator, mut tool_server, mut learner, mut actors) = start_run(&run, 2).await;
+    wait_until(&run, "step 3", Duration::from_secs(120), || async {
+        learner_status(&learner).await.step >= 3
+    })
+    .await;
+    learner.sigterm();
+    expect_clean_exit(&run, &mut learner, Duration::from_secs(30));
+    let state = latest_trainer_state(&run);
+    let saved_step = state["step"].as_u64().expect("step");
+    assert!((3..200).contains(&saved_step), "{state}");
+    // groups_per_step = 2: one group per rank per step.
+    let ledger = final_ledger(&run);
+    assert_eq!(ledger_total(&ledger, "trained"), 2 * saved_step, "{ledger:?}");
+    let log = std::fs::read_to_string(run.log("learner")).expect("log");
+    assert!(!log.contains("lost learner"), "{log}");
     for server in actors.iter_mut().chain([&mut tool_server, &mut coordinator]) {
         server.sigterm();
         expect_clean_exit(&run, server, Duration::from_secs(10));
