@@ -518,6 +518,7 @@ impl Membership {
                 last_error: n.last_error.clone(),
                 progress_per_second: n.progress_per_second,
                 first_rank: n.first_rank,
+                local_devices: if n.role == Role::Learner { n.local_devices } else { 0 },
             })
             .collect()
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use paretopo_proto::v1::{CoordinatorStatus, ProcessState, Role, Stage};
+use paretopo_proto::v1::{CoordinatorStatus, NodeStatus, ProcessState, Role, Stage};
 
 fn role_name(role: i32) -> &'static str {
     match Role::try_from(role) {
@@ -33,6 +33,18 @@ fn named(names: &[String], values: &[f64]) -> String {
     let pairs: Vec<String> =
         names.iter().zip(values).map(|(name, v)| format!("{name}={v:.3}")).collect();
     pairs.join(" ")
+}
+
+/// The role column: a learner with its global ranks ("learner 8-15"; "learner 0" for one).
+fn role_label(node: &NodeStatus) -> String {
+    let role = role_name(node.role);
+    if node.role != Role::Learner as i32 || node.local_devices == 0 {
+        return role.to_owned();
+    }
+    match node.local_devices {
+        1 => format!("{role} {}", node.first_rank),
+        n => format!("{role} {}-{}", node.first_rank, node.first_rank + n - 1),
+    }
 }
 
 /// The status as text: a header with the run's progress and weights, the nodes, the frontier.
@@ -81,7 +93,7 @@ pub fn render(status: &CoordinatorStatus) -> String {
             out,
             "  {:<14} {:<12} {:<21} {:<9} {:>8} {:>8.2} {:>7} {:>5.1}s  {}",
             n.node_id,
-            role_name(n.role),
+            role_label(n),
             n.address,
             state_name(n.state, n.lost),
             n.progress,
@@ -103,7 +115,7 @@ pub fn render(status: &CoordinatorStatus) -> String {
 
 #[cfg(test)]
 mod tests {
-    use paretopo_proto::v1::{NodeStatus, ObjectiveVector, ObjectiveWeights};
+    use paretopo_proto::v1::{ObjectiveVector, ObjectiveWeights};
 
     use super::*;
 
@@ -130,6 +142,14 @@ mod tests {
                     role: Role::Learner as i32,
                     state: ProcessState::Serving as i32,
                     progress: 7,
+                    local_devices: 1,
+                    ..Default::default()
+                },
+                NodeStatus {
+                    node_id: "learner-1".into(),
+                    role: Role::Learner as i32,
+                    first_rank: 8,
+                    local_devices: 8,
                     ..Default::default()
                 },
                 NodeStatus {
@@ -147,6 +167,10 @@ mod tests {
         assert!(text.contains("accuracy=0.600 tool_efficiency=0.400"), "{text}");
         let actor = text.lines().find(|l| l.contains("actor-0")).expect("actor row");
         assert!(actor.contains("LOST") && actor.contains("no heartbeat"), "{actor}");
+        // A learner's row names its global ranks.
+        let row = |node: &str| text.lines().find(|l| l.contains(node)).expect("learner row");
+        assert!(row("learner-0").contains(" learner 0 "), "{text}");
+        assert!(row("learner-1").contains(" learner 8-15 "), "{text}");
         assert!(text.contains("(0.500, 0.500)"), "{text}");
     }
 }
