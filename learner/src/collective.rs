@@ -53,6 +53,13 @@ pub enum CollectiveError {
         /// The deadline.
         seconds: u64,
     },
+    /// Another rank stops (its process is shutting down), so this one cannot step on: it stops
+    /// with it, as if that rank were lost (rank 0 writes a checkpoint).
+    #[error("collective: rank {rank}: another learner rank is shutting down, so the run stops")]
+    PeerStopping {
+        /// This rank.
+        rank: usize,
+    },
     /// A peer disagrees on the world, the call or the buffer's length.
     #[error("collective: rank {rank}: rank {peer} {what}")]
     Mismatch {
@@ -72,7 +79,7 @@ impl CollectiveError {
             CollectiveError::Io { peer, .. }
             | CollectiveError::Timeout { peer, .. }
             | CollectiveError::Mismatch { peer, .. } => Some(*peer),
-            CollectiveError::Rendezvous { .. } => None,
+            CollectiveError::Rendezvous { .. } | CollectiveError::PeerStopping { .. } => None,
         }
     }
 }

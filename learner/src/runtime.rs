@@ -1024,9 +1024,15 @@ impl Trainer {
         }
         steering[k + 2] = if batch.is_none() { 1.0 } else { 0.0 };
         collective.sum(&mut steering).context("all-reducing the weights")?;
-        let Some(batch) = batch.filter(|_| steering[k + 2] == 0.0) else {
-            return Ok(None);
-        };
+        if steering[k + 2] > 0.0 {
+            // This process's own shutdown stops its ranks cleanly; a rank elsewhere stopping
+            // leaves this process unable to go on: an error, so it is restarted and resumes.
+            if self.process.shutdown().is_cancelled() {
+                return Ok(None);
+            }
+            return Err(CollectiveError::PeerStopping { rank: self.rank }.into());
+        }
+        let Some(batch) = batch else { return Ok(None) };
         let weights = steering[..k].to_vec();
         let stage = steering[k] as u8;
         let sequence = steering[k + 1] as u64;

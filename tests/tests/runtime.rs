@@ -185,6 +185,16 @@ async fn a_killed_actor_is_marked_lost_and_a_restarted_learner_resumes_from_its_
     assert!(log.contains("trajectory ledger resumed"), "{log}");
 }
 
+/// A coordinator, a tool-server, two learner processes and two actors, started.
+async fn two_learners(run: &TestRun) -> (Server, Server, Vec<Server>, Vec<Server>) {
+    let mut coordinator = run.start("coordinator", "coordinator", run.coordinator);
+    coordinator.wait_serving(Duration::from_secs(20)).await;
+    let tool_server = run.start("tool-server", "tool-server", free_addr());
+    let learners = (0..2).map(|i| run.start("learner", &format!("learner-{i}"), free_addr()));
+    let actors = (0..2).map(|i| run.start("actor", &format!("actor-{i}"), free_addr()));
+    (coordinator, tool_server, learners.collect(), actors.collect())
+}
+
 /// `trainer_state.json` of the run's newest checkpoint.
 fn latest_trainer_state(run: &TestRun) -> serde_json::Value {
     let latest = std::fs::read_to_string(run.path().join("checkpoints/latest")).expect("latest");
@@ -205,13 +215,7 @@ async fn two_cpu_learner_ranks_hold_the_same_parameters() {
     // Two learners, each fed by its own actor, all-reduce over TCP (TLS between the ranks);
     // every step both apply the same summed gradient, so they end with the same bits.
     let run = TestRun::new(5, 3, &[]).with_mtls();
-    let mut coordinator = run.start("coordinator", "coordinator", run.coordinator);
-    coordinator.wait_serving(Duration::from_secs(20)).await;
-    let mut tool_server = run.start("tool-server", "tool-server", free_addr());
-    let mut learners: Vec<Server> =
-        (0..2).map(|i| run.start("learner", &format!("learner-{i}"), free_addr())).collect();
-    let mut actors: Vec<Server> =
-        (0..2).map(|i| run.start("actor", &format!("actor-{i}"), free_addr())).collect();
+    let (mut coordinator, mut tool_server, mut learners, mut actors) = two_learners(&run).await;
     for learner in &mut learners {
         expect_clean_exit(&run, learner, Duration::from_secs(180));
     }
@@ -299,6 +303,45 @@ async fn a_learner_with_two_ranks_stops_cleanly_on_sigterm_with_both_ranks_group
     assert_eq!(ledger_total(&ledger, "trained"), 2 * saved_step, "{ledger:?}");
     let log = std::fs::read_to_string(run.log("learner")).expect("log");
     assert!(!log.contains("lost learner"), "{log}");
+    for server in actors.iter_mut().chain([&mut tool_server, &mut coordinator]) {
+        server.sigterm();
+        expect_clean_exit(&run, server, Duration::from_secs(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_one_learner_process_is_stopped_the_other_stops_with_a_checkpoint_and_an_error() {
+    // Two learner processes (ranks 0 and 1). SIGTERM to rank 1 stops it cleanly; rank 0 learns
+    // at the next step's first collective that a rank is stopping, writes a checkpoint and
+    // exits with an error, so an orchestrator restarts the run and it resumes, and it does so
+    // well before the 60 s collective deadline.
+    let run = TestRun::new(5, 200, &["cluster.collective_timeout_ms=60000"]);
+    let (mut coordinator, mut tool_server, mut learners, mut actors) = two_learners(&run).await;
+    for learner in &mut learners {
+        learner.wait_serving(Duration::from_secs(60)).await;
+    }
+    wait_until(&run, "step 3", Duration::from_secs(120), || async {
+        coordinator_status(&run).await.step >= 3
+    })
+    .await;
+    // The learner that became rank 1 is stopped.
+    let mut ranks = Vec::new();
+    for learner in &learners {
+        ranks.push(learner_status(learner).await.rank);
+    }
+    let stopped = ranks.iter().position(|&r| r == 1).expect("a rank 1");
+    learners[stopped].sigterm();
+    expect_clean_exit(&run, &mut learners[stopped], Duration::from_secs(30));
+    let other = &mut learners[1 - stopped];
+    let (status, _) = other.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
+        panic!("rank 0 still running 30 s after rank 1 stopped\n{}", run.logs())
+    });
+    assert!(!status.success(), "rank 0 exited 0\n{}", run.logs());
+    let log = std::fs::read_to_string(run.log(&format!("learner-{}", 1 - stopped))).expect("log");
+    assert!(log.contains("another learner rank is shutting down"), "{log}");
+    assert!(log.contains("resumes it"), "{log}");
+    let state = latest_trainer_state(&run);
+    assert!(state["step"].as_u64().expect("step") >= 3, "{state}");
     for server in actors.iter_mut().chain([&mut tool_server, &mut coordinator]) {
         server.sigterm();
         expect_clean_exit(&run, server, Duration::from_secs(10));
