@@ -634,7 +634,7 @@ impl Trainer {
         // before they gather (`LedgerReady` lets them go when dropped, on an error too).
         let ledger_ready = (self.local == 0).then(|| LedgerReady(self.shared.clone()));
         let resumed = checkpoint::load_latest(&run_dir, &model, &mut optimizer)?;
-        if let (Some(_), Some((_, state))) = (&ledger_ready, &resumed) {
+        if let (true, Some((_, state))) = (self.local == 0, &resumed) {
             install_resumed_ledger(&self.shared, state);
         }
         drop(ledger_ready);
@@ -950,38 +950,19 @@ impl Trainer {
     fn gather(&mut self, state: &TrainerState) -> anyhow::Result<Option<Vec<Queued>>> {
         let wanted = self.config.algorithm.groups_per_step as usize / self.world;
         let mut batch = Vec::with_capacity(wanted);
-        let shutdown = self.process.shutdown().clone();
         if self.local != 0 {
             let mut ready = self.shared.ledger_ready.subscribe();
-            let installed = self.runtime.block_on(async {
-                tokio::select! {
-                    () = shutdown.cancelled() => false,
-                    ready = ready.wait_for(|ready| *ready) => ready.is_ok(),
-                }
-            });
-            if !installed {
+            if !matches!(self.unless_shutdown(ready.wait_for(|ready| *ready)), Some(Ok(_))) {
                 return Ok(None);
             }
         }
         // Held until this rank has its share: the process's ranks take theirs one after the
         // other.
-        let queue = self.queue.clone();
-        let Some(mut queue) = self.runtime.block_on(async {
-            tokio::select! {
-                () = shutdown.cancelled() => None,
-                queue = queue.lock() => Some(queue),
-            }
-        }) else {
+        let Some(mut queue) = self.unless_shutdown(self.queue.lock()) else {
             return Ok(None);
         };
         while batch.len() < wanted {
-            let next = self.runtime.block_on(async {
-                tokio::select! {
-                    () = shutdown.cancelled() => None,
-                    next = queue.recv() => next,
-                }
-            });
-            let Some(queued) = next else { return Ok(None) };
+            let Some(Some(queued)) = self.unless_shutdown(queue.recv()) else { return Ok(None) };
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             if state.policy_version.saturating_sub(queued.group.policy_version)
                 > self.config.algorithm.max_staleness
@@ -996,6 +977,17 @@ impl Trainer {
             batch.push(queued);
         }
         Ok(Some(batch))
+    }
+
+    /// Blocks on `future` unless shutdown comes first (then `None`).
+    fn unless_shutdown<T>(&self, future: impl std::future::Future<Output = T>) -> Option<T> {
+        let shutdown = self.process.shutdown();
+        self.runtime.block_on(async {
+            tokio::select! {
+                () = shutdown.cancelled() => None,
+                output = future => Some(output),
+            }
+        })
     }
 
     /// One learner step on `batch`; returns the metrics record.
