@@ -14,6 +14,8 @@ Same checkpoint, same machine, same run, same thread count. For each config (`ti
               log_softmax, gather, backward; ours: `policy bench`. Reported as train tokens/s
               = B * (P + N) / seconds.
 
+Each side is timed in a fresh child process (ours: `policy bench`; transformers: this script
+with --worker), so neither runs while the other holds its model and buffers in memory.
 Every timing is the median of --repeats runs after one warm-up. Ratios are ours/transformers
 in tokens/s: above 1 means we are faster. Achieved GFLOP/s (see `flops_generate` and
 `flops_train` for the formula) is reported for both sides, and `--matmul-peak` measures this
@@ -91,6 +93,14 @@ def load_model(path, device, dtype):
     # Nothing may stop generation early: exactly N new tokens on both sides.
     model.generation_config.eos_token_id = None
     return model
+
+
+def shape_only_model(path):
+    """The checkpoint's model with no weights in memory (on the meta device): enough to count
+    parameters, so that this process holds no model while either side is timed."""
+    config = transformers.AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def parameter_counts(model):
@@ -224,6 +234,43 @@ def transformers_train(model, batch, prompt, new, repeats, device, seed):
     model.eval()
     return {"seconds": seconds, "times": times, "tokens_per_s": batch * seq / seconds,
             "peak_memory_bytes": memory}
+
+
+def transformers_bench(path, batch, prompt, new, args):
+    """transformers' generation and training at one point, timed in a fresh child process
+    (this script with --worker), as ours is: each side runs while the other holds no memory.
+    On this VM an idle process that merely holds 4 GB slowed a training step of the other
+    side by a fifth, so timing transformers in this long-lived process while ours ran beside
+    it would not be a like-for-like comparison."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", path, "--batch", str(batch),
+           "--prompt-len", str(prompt), "--new-tokens", str(new), "--repeats", str(args.repeats),
+           "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype,
+           "--seed", str(args.seed)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=OURS_TIMEOUT)
+    if out.returncode != 0:
+        sys.exit(f"bench: the transformers worker failed ({' '.join(cmd)}):\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def worker(argv):
+    """--worker PATH ...: times transformers at one point and prints one JSON line."""
+    parser = argparse.ArgumentParser(prog="policy_vs_transformers.py --worker")
+    parser.add_argument("--worker", required=True)
+    for flag in ("--batch", "--prompt-len", "--new-tokens", "--repeats", "--threads", "--seed"):
+        parser.add_argument(flag, type=int, required=True)
+    parser.add_argument("--device", required=True)
+    parser.add_argument("--dtype", choices=list(DTYPES), required=True)
+    a = parser.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    model = load_model(a.worker, a.device, DTYPES[a.dtype])
+    generate = transformers_generate(model, a.batch, a.prompt_len, a.new_tokens, a.repeats,
+                                     a.device, a.seed)
+    train = transformers_train(model, a.batch, a.prompt_len, a.new_tokens, a.repeats, a.device,
+                               a.seed)
+    train["attn_implementation"] = model.config._attn_implementation
+    print(json.dumps({"generate": generate, "train": train}))
 
 
 # --- ours ----------------------------------------------------------------------------------
@@ -421,8 +468,7 @@ def bench_config(name, args, work):
         checkpoint_transformers(name, path)
     else:
         checkpoint_ours(name, path)
-    model = load_model(path, args.device, DTYPES[args.dtype])
-    counts = parameter_counts(model)
+    counts = parameter_counts(shape_only_model(path))
     rows = []
     for batch in args.batches:
         P, N = args.prompt_len, args.new_tokens
@@ -432,8 +478,9 @@ def bench_config(name, args, work):
         gens, trains, ours_runs, errors = [], [], [], []
         for r in range(args.rounds):
             def theirs():
-                gens.append(transformers_generate(model, batch, P, N, args.repeats, args.device, args.seed))
-                trains.append(transformers_train(model, batch, P, N, args.repeats, args.device, args.seed))
+                result = transformers_bench(path, batch, P, N, args)
+                gens.append(result["generate"])
+                trains.append(result["train"])
 
             def ours():
                 if args.transformers_only:
@@ -457,7 +504,7 @@ def bench_config(name, args, work):
                    "ours_generate": [o.get("generate_tokens_per_s") for o in ours_runs],
                    "ours_train": [o.get("train_tokens_per_s") for o in ours_runs],
                },
-               "attn_implementation": model.config._attn_implementation}
+               "attn_implementation": trains[0]["attn_implementation"]}
         if ours_runs:
             row["ours"] = dict(ours_runs[0])
             row["ours"]["generate_tokens_per_s"] = statistics.median(row["rounds"]["ours_generate"])
@@ -484,7 +531,6 @@ def bench_config(name, args, work):
               f"{fmt(o.get('generate_tokens_per_s'))}, train {fmt(o.get('train_tokens_per_s'))}",
               file=sys.stderr, flush=True)
         rows.append(row)
-    del model
     return rows
 
 
@@ -597,4 +643,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if "--worker" in sys.argv[1:]:
+        worker(sys.argv[1:])
+    else:
+        main()

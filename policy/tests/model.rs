@@ -58,6 +58,41 @@ fn cached_forward_matches_whole_sequence_forward() {
     }
 }
 
+/// New weights written in place, through the checkpoint names (as an actor applies a published
+/// version) or into the parameters (as the optimizer steps), reach the next sampling call:
+/// nothing on the sampling path may keep a stale copy of a weight.
+#[test]
+fn sampling_sees_weights_written_after_it_started() {
+    let model = model(1);
+    let _guard = tch::no_grad_guard();
+    let ids: Vec<i64> = vec![5, 17, 40, 3, 90];
+    let cached_last = |model: &Qwen2| {
+        let mut cache = model.new_cache(1, 8);
+        model.logits(&model.forward_chunk(&mut cache, &[ids.as_slice()])).get(0)
+    };
+    let full_last = |model: &Qwen2| {
+        model.forward(&Tensor::from_slice(&ids).unsqueeze(0)).get(0).get(ids.len() as i64 - 1)
+    };
+    let before = cached_last(&model);
+
+    let other = self::model(2);
+    for ((_, target), (_, source)) in model.checkpoint_tensors().zip(other.checkpoint_tensors()) {
+        target.shallow_clone().copy_(source);
+    }
+    let applied = cached_last(&model);
+    let diff = max_abs_diff(&applied, &full_last(&other));
+    assert!(diff < 1e-5, "after applying new weights, sampling differs by {diff}");
+    assert!(max_abs_diff(&applied, &before) > 1e-2, "the new weights changed nothing");
+
+    for (_, p) in model.parameters().iter() {
+        let _ = p.shallow_clone().g_mul_scalar_(0.5);
+    }
+    let stepped = cached_last(&model);
+    let diff = max_abs_diff(&stepped, &full_last(&model));
+    assert!(diff < 1e-5, "after an in-place parameter update, sampling differs by {diff}");
+    assert!(max_abs_diff(&stepped, &applied) > 1e-2, "halving the weights changed nothing");
+}
+
 #[test]
 #[allow(clippy::needless_range_loop)] // t indexes the sequence and the stats tensors alike
 fn right_padding_does_not_change_real_positions() {
