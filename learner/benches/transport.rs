@@ -291,15 +291,31 @@ async fn publish_raw(
     version: u64,
     subscribers: usize,
     done: &mut tokio::sync::mpsc::Receiver<usize>,
-) -> f64 {
+) -> (f64, f64) {
     let published = Arc::new(actor::weights::publish(model, version));
     let bytes: usize = published.chunks.iter().map(|c| c.data.len()).sum();
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     shared.published.send_replace(Some(published));
     for _ in 0..subscribers {
         assert_eq!(done.recv().await.expect("subscriber"), bytes);
     }
-    started.elapsed().as_secs_f64()
+    (started.elapsed().as_secs_f64(), process_cpu_seconds() - cpu_before)
+}
+
+/// User + system CPU time of this whole process (learner and subscribers alike, every thread)
+/// from `/proc/self/stat`, in seconds: on a machine whose cores the benchmark already fills,
+/// extra CPU per transfer shows up as wall time, and this says how much there was.
+fn process_cpu_seconds() -> f64 {
+    // USER_HZ, the unit of these fields, is 100 on Linux for every architecture we build for.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime
+    // are fields 14 and 15.
+    let after_name = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| fields[i - 3].parse::<f64>().expect("a tick count");
+    (ticks(14) + ticks(15)) / TICKS_PER_SECOND
 }
 
 /// Publishes `model` and times `subscribers` subscribers receiving every chunk; returns the
@@ -491,17 +507,18 @@ async fn measure(
             let side = &sides[i];
             let (grpc, payloads) =
                 publish(&side.actor, side.address, &side.shared, &model, version, n).await;
-            let raw = publish_raw(&side.shared, &model, version + 1, n, &mut raw_done[i]).await;
+            let (raw, raw_cpu) =
+                publish_raw(&side.shared, &model, version + 1, n, &mut raw_done[i]).await;
             let bytes: usize = payloads.iter().map(bytes::Bytes::len).sum();
             let buffers =
                 if round == 0 { " (fresh buffers)" } else { " (buffers of the version before)" };
             if sides.len() > 1 {
                 println!(
-                    "  [{}] round {round}: {:.0} MB to {n} subscribers: raw port {raw:.2} s{buffers}, gRPC chunks {grpc:.2} s",
+                    "  [{}] round {round}: {:.0} MB to {n} subscribers: raw port {raw:.2} s (CPU {raw_cpu:.2} s){buffers}, gRPC chunks {grpc:.2} s",
                     side.label,
                     bytes as f64 / 1e6
                 );
-                rounds[i].push((raw, grpc, 0.0, 0.0));
+                rounds[i].push((raw, grpc, raw_cpu, 0.0));
                 continue;
             }
             let once = {
@@ -532,8 +549,11 @@ async fn measure(
             );
         } else {
             println!(
-                "  [{}] median: raw port {:.2} s, gRPC chunks {:.2} s",
-                side.label, medians.raw_s, medians.grpc_s
+                "  [{}] median: raw port {:.2} s (CPU {:.2} s, all threads), gRPC chunks {:.2} s",
+                side.label,
+                medians.raw_s,
+                median(rounds.iter().map(|r| r.2).collect()),
+                medians.grpc_s
             );
         }
         side.process.shutdown().cancel();
