@@ -634,7 +634,9 @@ impl Trainer {
         // before they gather (`LedgerReady` lets them go when dropped, on an error too).
         let ledger_ready = (self.local == 0).then(|| LedgerReady(self.shared.clone()));
         let resumed = checkpoint::load_latest(&run_dir, &model, &mut optimizer)?;
-        if let (true, Some((_, state))) = (self.local == 0, &resumed) {
+        if self.local == 0
+            && let Some((_, state)) = &resumed
+        {
             install_resumed_ledger(&self.shared, state);
         }
         drop(ledger_ready);
