@@ -8,7 +8,8 @@
 //!   character-level tokenizer;
 //! - [`sample`]: batched multi-turn sampling with log-probs ([`Session`]);
 //! - [`train`]: masked per-token log-probs, gradients as one flat buffer, [`AdamW`];
-//! - [`device`]: the `[model] device` setting.
+//! - [`device`]: the `[model] device` setting;
+//! - `small_batch`: the CPU kernel for the weight products of a sampling step.
 //!
 //! ```no_run
 //! use policy::{Qwen2, ModelConfig, Session, Sampler, SamplingParams};
@@ -29,6 +30,7 @@ pub mod device;
 pub mod manifest;
 pub mod model;
 pub mod sample;
+mod small_batch;
 pub mod tokenizer;
 pub mod train;
 

@@ -124,6 +124,18 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
     }
+
+    /// The same product for a pass that records no gradients (sampling): a few rows on the
+    /// CPU take [`crate::small_batch`], which reads the weights once instead of packing them.
+    fn forward_no_grad(&self, x: &Tensor) -> Tensor {
+        crate::small_batch::linear(x, &self.weight, self.bias.as_ref())
+            .unwrap_or_else(|| self.forward(x))
+    }
+
+    /// [`Linear::forward`] or, when `no_grad`, [`Linear::forward_no_grad`].
+    fn apply(&self, x: &Tensor, no_grad: bool) -> Tensor {
+        if no_grad { self.forward_no_grad(x) } else { self.forward(x) }
+    }
 }
 
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`, computed in float32 as `transformers` does.
@@ -255,10 +267,12 @@ impl Attention {
     ) -> Tensor {
         let (b, l, _) = x.size3().expect("attention input is [B, L, hidden]");
         let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // A cached pass is a sampling pass, which records no gradients.
+        let no_grad = cache.is_some();
         // [B, L, nq + 2 nkv, D] -> [B, nq + 2 nkv, L, D]; q and k rotate together. `split`
         // rather than `narrow`: its backward is one concatenation, not a zero-filled buffer per
         // part.
-        let qkv = self.qkv_proj.forward(x).view([b, l, nq + 2 * nkv, d]).transpose(1, 2);
+        let qkv = self.qkv_proj.apply(x, no_grad).view([b, l, nq + 2 * nkv, d]).transpose(1, 2);
         let [qk, v] = two(qkv.split_with_sizes([nq + nkv, nkv], 1));
         let [q, k] = two(apply_rotary(&qk, cos, sin).split_with_sizes([nq, nkv], 1));
         let (k, v) = match cache {
@@ -281,7 +295,8 @@ impl Attention {
                 Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa)
             }
         };
-        self.o_proj.forward(&y.transpose(1, 2).reshape([b, l, self.num_heads * self.head_dim]))
+        let y = y.transpose(1, 2).reshape([b, l, self.num_heads * self.head_dim]);
+        self.o_proj.apply(&y, no_grad)
     }
 }
 
@@ -305,10 +320,10 @@ impl Mlp {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, no_grad: bool) -> Tensor {
         let i = self.intermediate;
-        let [gate, up] = two(self.gate_up_proj.forward(x).split_with_sizes([i, i], -1));
-        self.down_proj.forward(&(gate.silu() * up))
+        let [gate, up] = two(self.gate_up_proj.apply(x, no_grad).split_with_sizes([i, i], -1));
+        self.down_proj.apply(&(gate.silu() * up), no_grad)
     }
 }
 
@@ -350,8 +365,9 @@ impl DecoderLayer {
         mask: &AttentionMask,
         cache: Option<(&mut LayerKv, i64)>,
     ) -> Tensor {
+        let no_grad = cache.is_some();
         let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask, cache);
-        let out = self.mlp.forward(&self.post_attention_layernorm.forward(&h));
+        let out = self.mlp.forward(&self.post_attention_layernorm.forward(&h), no_grad);
         h + out
     }
 }
@@ -558,6 +574,16 @@ impl Qwen2 {
         hidden.linear::<Tensor>(head, None).to_kind(Kind::Float)
     }
 
+    /// [`Qwen2::logits`] for hidden states that need no gradient (sampling): a few rows on the
+    /// CPU take [`crate::small_batch`].
+    pub fn sampling_logits(&self, hidden: &Tensor) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        crate::small_batch::linear(hidden, head, None)
+            .unwrap_or_else(|| hidden.linear::<Tensor>(head, None))
+            .to_kind(Kind::Float)
+    }
+
     /// Logits of every position of `input_ids` [B, T] -> [B, T, vocab], float32.
     pub fn forward(&self, input_ids: &Tensor) -> Tensor {
         self.logits(&self.forward_hidden(input_ids))
@@ -586,8 +612,9 @@ impl Qwen2 {
 
     /// Appends `chunks[row]` to each row of `cache` and returns, for each row, the normed hidden
     /// state of its last token ([B, hidden]; a row with an empty chunk gets the state of a
-    /// padding slot, which callers ignore). Run it under `tch::no_grad`.
+    /// padding slot, which callers ignore). It records no gradients.
     pub fn forward_chunk(&self, cache: &mut KvCache, chunks: &[&[i64]]) -> Tensor {
+        let _guard = tch::no_grad_guard();
         let batch = cache.batch_size();
         assert_eq!(chunks.len(), batch, "one chunk per cached row");
         let l = chunks.iter().map(|c| c.len()).max().unwrap_or(0).max(1) as i64;

@@ -225,7 +225,7 @@ impl<'m> Session<'m> {
             let live: Vec<usize> = (0..rows.len()).filter(|&i| active[i]).collect();
             let live_rows: Vec<i64> = live.iter().map(|&i| rows[i] as i64).collect();
             let index = Tensor::from_slice(&live_rows).to_device(self.model.device());
-            let logits = self.model.logits(&hidden.index_select(0, &index));
+            let logits = self.model.sampling_logits(&hidden.index_select(0, &index));
             let (tokens, logprobs) = sampler.pick(&logits, params);
             for ((&i, &token), &logprob) in live.iter().zip(&tokens).zip(&logprobs) {
                 let row = rows[i];
