@@ -11,8 +11,10 @@ Same checkpoint, same machine, same run, same thread count. For each config (`ti
   training    the learner's step without the optimizer: a masked log-prob forward + backward
               on a [B, P + N] batch, loss = -mean of the log-probs of the last N tokens (the
               generated part). transformers/PyTorch: `model(input_ids).logits` in float32,
-              log_softmax, gather, backward; ours: `policy bench`. Reported as train tokens/s
-              = B * (P + N) / seconds.
+              log_softmax, gather, backward, the batch in one pass; ours: `policy bench`,
+              which trains as the learner does, in passes of at most 3,072 tokens whose
+              gradients add up to the same gradient (`--max-tokens-per-pass 0`: one pass).
+              Reported as train tokens/s = B * (P + N) / seconds.
 
 Each side is timed in a fresh child process (ours: `policy bench`; transformers: this script
 with --worker), so neither runs while the other holds its model and buffers in memory.
@@ -305,6 +307,8 @@ def ours_bench(path, batch, prompt, new, args):
     ]
     if args.dtype != "float32":
         cli_args += ["--dtype", args.dtype]
+    if args.max_tokens_per_pass is not None:
+        cli_args += ["--max-tokens-per-pass", str(args.max_tokens_per_pass)]
     stdout = run_cli(cli_args, timeout=OURS_TIMEOUT)
     lines = [line for line in stdout.splitlines() if line.strip()]
     if not lines:
@@ -560,6 +564,9 @@ def parse_args():
                         help="also measure this machine's matmul GFLOP/s")
     parser.add_argument("--transformers-only", action="store_true",
                         help="build the checkpoints with transformers; do not run ours")
+    parser.add_argument("--max-tokens-per-pass", type=int, default=None,
+                        help="ours trains in passes of at most this many tokens, as the learner "
+                             "does (default: `policy bench`'s, the learner's default; 0: one pass)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     args.configs = [c for c in args.configs.split(",") if c]
@@ -622,6 +629,7 @@ def main():
         "repeats": args.repeats,
         "rounds": args.rounds,
         "seed": args.seed,
+        "max_tokens_per_pass": args.max_tokens_per_pass,
         "matmul_peak": peak,
         "rows": rows,
     }

@@ -54,7 +54,7 @@ use crate::intake::{self, Group, IntakeLimits};
 use crate::ledger::{Intake, Ledger, Recorded};
 use crate::loss::LossConfig;
 use crate::nccl::{self, NcclCollective};
-use crate::step::{Sample, local_gradient};
+use crate::step::{PassOptions, Sample, local_gradient};
 use crate::warm_start::{WarmStartConfig, warm_start};
 
 /// A group that passed intake, with where it came from.
@@ -1101,15 +1101,14 @@ impl Trainer {
         let total_tokens = sums[0].max(1.0);
         let loss_config =
             LossConfig { clip_low: a.clip_low, clip_high: a.clip_high, kl_coef: a.kl_coef };
-        let gradient = local_gradient(
-            model,
-            reference,
-            &samples,
-            total_tokens,
-            &loss_config,
-            a.temperature,
-            false,
-        );
+        let options = PassOptions {
+            temperature: a.temperature,
+            checkpointing: false,
+            max_tokens_per_pass: usize::try_from(self.config.learner.max_tokens_per_pass)
+                .unwrap_or(usize::MAX),
+        };
+        let gradient =
+            local_gradient(model, reference, &samples, total_tokens, &loss_config, options);
         let mut flat = Vec::<f32>::try_from(&gradient.flat).context("gradient to host")?;
         let mut loss_stats = vec![gradient.loss, gradient.stats.clip_fraction];
         collective.sum(&mut flat).context("all-reducing gradients")?;

@@ -3,7 +3,7 @@
 //! another policy it changes the gradient.
 
 use learner::loss::LossConfig;
-use learner::step::{Sample, local_gradient};
+use learner::step::{PassOptions, Sample, local_gradient};
 use policy::{ModelConfig, Qwen2};
 use tch::{Device, Kind};
 
@@ -35,11 +35,11 @@ fn the_kl_term_moves_the_gradient_only_away_from_the_reference() {
     let total = batch.iter().map(Sample::generated_tokens).sum::<usize>() as f64;
     let plain = LossConfig::default();
     let with_kl = LossConfig { kl_coef: 0.5, ..LossConfig::default() };
-    let base = local_gradient(&policy, None, &batch, total, &plain, 1.0, false).flat;
+    let base = local_gradient(&policy, None, &batch, total, &plain, PassOptions::new(1.0)).flat;
     let against_itself =
-        local_gradient(&policy, Some(&policy), &batch, total, &with_kl, 1.0, false).flat;
+        local_gradient(&policy, Some(&policy), &batch, total, &with_kl, PassOptions::new(1.0)).flat;
     let against_other =
-        local_gradient(&policy, Some(&other), &batch, total, &with_kl, 1.0, false).flat;
+        local_gradient(&policy, Some(&other), &batch, total, &with_kl, PassOptions::new(1.0)).flat;
     let diff = |a: &tch::Tensor, b: &tch::Tensor| (a - b).abs().max().double_value(&[]);
     assert!(diff(&base, &against_itself) < 1e-6, "{}", diff(&base, &against_itself));
     assert!(diff(&base, &against_other) > 1e-4, "{}", diff(&base, &against_other));

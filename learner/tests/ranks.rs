@@ -3,7 +3,7 @@
 //! equal to one rank trained on the whole batch (DESIGN.md §10; spec §4's global token count).
 
 use learner::loss::LossConfig;
-use learner::step::{Sample, local_gradient};
+use learner::step::{PassOptions, Sample, local_gradient};
 use policy::train::{self, AdamW, AdamWConfig, TokenBatch};
 use policy::{ModelConfig, Qwen2};
 use rand::{Rng, SeedableRng};
@@ -76,9 +76,15 @@ fn two_ranks_on_halves_step_like_one_rank_on_the_whole_batch() {
         let batch = samples(&single, &mut rng);
         let total = batch.iter().map(Sample::generated_tokens).sum::<usize>() as f64;
         let (first, second) = batch.split_at(2);
-        let g0 = local_gradient(&rank0, None, first, total, &config, 1.0, false);
-        let g1 = local_gradient(&rank1, None, second, total, &config, 1.0, step % 2 == 1);
-        let whole = local_gradient(&single, None, &batch, total, &config, 1.0, false);
+        let g0 = local_gradient(&rank0, None, first, total, &config, PassOptions::new(1.0));
+        // Rank 1 alternates checkpointing, and passes of one sample each.
+        let options = if step % 2 == 1 {
+            PassOptions { checkpointing: true, max_tokens_per_pass: 1, ..PassOptions::new(1.0) }
+        } else {
+            PassOptions::new(1.0)
+        };
+        let g1 = local_gradient(&rank1, None, second, total, &config, options);
+        let whole = local_gradient(&single, None, &batch, total, &config, PassOptions::new(1.0));
         assert!((g0.loss + g1.loss - whole.loss).abs() < 1e-6, "step {step}: losses add up");
         assert!(whole.stats.clip_fraction > 0.0, "the noise puts some ratios outside the clip");
         // What the all-reduce computes.
@@ -138,8 +144,7 @@ fn ranks_joined_over_tcp_stay_identical() {
                         mine,
                         total[0],
                         &LossConfig::default(),
-                        1.0,
-                        false,
+                        PassOptions::new(1.0),
                     );
                     let mut flat = Vec::<f32>::try_from(&local.flat).expect("f32");
                     collective.all_reduce_sum(&mut flat).expect("gradients");

@@ -131,6 +131,10 @@ enum Command {
         /// Skip the training measurement.
         #[arg(long)]
         no_train: bool,
+        /// Train in passes of at most this many padded tokens, as the learner does
+        /// (`[learner] max_tokens_per_pass`); 0: the whole batch in one pass.
+        #[arg(long, default_value_t = train::DEFAULT_MAX_TOKENS_PER_PASS)]
+        max_tokens_per_pass: usize,
         /// Print one JSON line instead of text.
         #[arg(long)]
         json: bool,
@@ -258,6 +262,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             threads,
             repeats,
             no_train,
+            max_tokens_per_pass,
             json,
         } => {
             if let Some(n) = threads {
@@ -276,7 +281,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
                 (None, None) => bail!("give --config or --model"),
             };
-            let report = bench(&model, batch, prompt_len, new_tokens, repeats.max(1), !no_train);
+            let lengths = BenchLengths { batch, prompt_len, new_tokens };
+            let train = (!no_train).then_some(max_tokens_per_pass);
+            let report = bench(&model, lengths, repeats.max(1), train);
             let value = serde_json::json!({
                 "config": name,
                 "params": model.parameters().numel(),
@@ -288,6 +295,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 "threads": tch::get_num_threads(),
                 "generate_seconds": report.generate_seconds,
                 "generate_tokens_per_s": (batch * new_tokens) as f64 / report.generate_seconds,
+                "max_tokens_per_pass": max_tokens_per_pass,
                 "train_seconds": report.train_seconds,
                 "train_tokens_per_s": report.train_seconds.map(|s| (batch * (prompt_len + new_tokens)) as f64 / s),
             });
@@ -306,16 +314,23 @@ struct BenchReport {
     train_seconds: Option<f64>,
 }
 
-/// Median seconds of `repeats` timed runs of generation (and of the masked log-prob
-/// forward+backward over the same lengths), after one untimed warm-up each.
-fn bench(
-    model: &Qwen2,
+/// The shape of a benchmark batch.
+struct BenchLengths {
     batch: usize,
     prompt_len: usize,
     new_tokens: usize,
+}
+
+/// Median seconds of `repeats` timed runs of generation (and, with `train` = the pass size, of
+/// the masked log-prob forward+backward over the same sequences, in passes as the learner
+/// trains), after one untimed warm-up each.
+fn bench(
+    model: &Qwen2,
+    lengths: BenchLengths,
     repeats: usize,
-    train: bool,
+    train: Option<usize>,
 ) -> BenchReport {
+    let BenchLengths { batch, prompt_len, new_tokens } = lengths;
     let vocab = model.config().vocab_size;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let prompts: Vec<Vec<i64>> =
@@ -340,17 +355,27 @@ fn bench(
         generated = session.sequences().to_vec();
         start.elapsed().as_secs_f64()
     }));
-    let train_seconds = train.then(|| {
+    let train_seconds = train.map(|max_tokens_per_pass| {
         let masks: Vec<Vec<bool>> =
             generated.iter().map(|s| (0..s.len()).map(|t| t >= prompt_len).collect()).collect();
-        let tokens = TokenBatch::new(&generated, &masks, model.device());
-        let count = tokens.num_loss_tokens().max(1) as f64;
+        let row_lengths: Vec<usize> = generated.iter().map(Vec::len).collect();
+        let passes: Vec<TokenBatch> = train::passes(&row_lengths, max_tokens_per_pass)
+            .iter()
+            .map(|pass| {
+                let rows: Vec<Vec<i64>> = pass.iter().map(|&i| generated[i].clone()).collect();
+                let row_masks: Vec<Vec<bool>> = pass.iter().map(|&i| masks[i].clone()).collect();
+                TokenBatch::new(&rows, &row_masks, model.device())
+            })
+            .collect();
+        let count = passes.iter().map(TokenBatch::num_loss_tokens).sum::<i64>().max(1) as f64;
         median((0..=repeats).map(|_| {
             sync();
             let start = Instant::now();
-            train::backward(model, &tokens, 1.0, false, |stats| {
-                -stats.logprobs.sum(Kind::Float) / count
-            });
+            for tokens in &passes {
+                train::backward(model, tokens, 1.0, false, |stats| {
+                    -stats.logprobs.sum(Kind::Float) / count
+                });
+            }
             train::zero_grad(model.parameters());
             sync();
             start.elapsed().as_secs_f64()

@@ -99,6 +99,42 @@ fn stats_from_hidden(
     TokenStats { logprobs: place(&token_logp), entropy: place(&entropy) }
 }
 
+/// The most padded tokens (rows x longest row) [`passes`] puts in one forward+backward pass by
+/// default. On the CPU a pass of a few thousand tokens trains faster per token than one big
+/// pass (the `small` config: 3,072-token passes about 1.1x as fast as one 6,144-token pass,
+/// BENCHMARKS.md, issue #4), and on any device it bounds the activations and the vocab-wide
+/// logits one pass holds.
+pub const DEFAULT_MAX_TOKENS_PER_PASS: usize = 3072;
+
+/// Splits a batch of rows with these `lengths` into passes of at most `max_tokens` padded
+/// tokens each (rows x the pass's longest row), as lists of row indices. Rows are taken
+/// longest first, so a pass holds rows of similar length and pads little; a row longer than
+/// `max_tokens` gets a pass of its own. `max_tokens == 0` gives one pass with every row, in
+/// order. Gradients of a loss that is a sum over tokens (the learner's, divided by the step's
+/// global token count) add up over the passes to the whole batch's: train each pass with
+/// [`backward`] without zeroing in between.
+pub fn passes(lengths: &[usize], max_tokens: usize) -> Vec<Vec<usize>> {
+    if max_tokens == 0 || lengths.is_empty() {
+        return vec![(0..lengths.len()).collect()];
+    }
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    // Stable: rows of equal length keep their order.
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let mut passes: Vec<Vec<usize>> = Vec::new();
+    let mut longest = 0;
+    for i in order {
+        match passes.last_mut() {
+            // Rows come longest first, so the pass's longest row is its first.
+            Some(pass) if (pass.len() + 1) * longest.max(1) <= max_tokens => pass.push(i),
+            _ => {
+                longest = lengths[i];
+                passes.push(vec![i]);
+            }
+        }
+    }
+    passes
+}
+
 /// Computes `loss_fn` of the batch's token statistics and adds its gradient to every
 /// parameter's. With `checkpointing`, layer activations are not kept: each layer is recomputed
 /// during the backward pass (memory of one layer instead of all, for about one more forward).
@@ -264,5 +300,37 @@ impl AdamW {
             offset += n;
         }
         StepStats { grad_norm }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passes;
+
+    #[test]
+    fn passes_cover_every_row_once_within_the_cap_longest_first() {
+        let lengths = [5, 9, 3, 9, 1, 7, 2, 20, 4];
+        for max_tokens in [1, 9, 10, 18, 25, 40, 1000] {
+            let got = passes(&lengths, max_tokens);
+            let mut seen: Vec<usize> = got.iter().flatten().copied().collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>(), "cap {max_tokens}");
+            let longest = |p: &Vec<usize>| p.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+            for pass in &got {
+                assert!(
+                    pass.len() == 1 || pass.len() * longest(pass) <= max_tokens,
+                    "cap {max_tokens}: pass {pass:?} holds more"
+                );
+            }
+            // Longest first: no row of a later pass is longer than any row of an earlier one.
+            for pair in got.windows(2) {
+                let shortest = pair[0].iter().map(|&i| lengths[i]).min().unwrap_or(0);
+                assert!(longest(&pair[1]) <= shortest, "cap {max_tokens}: {got:?}");
+            }
+        }
+        // Greedy packing: 4 rows of 10 tokens in passes of 25 make 2 + 2.
+        assert_eq!(passes(&[10; 4], 25), vec![vec![0, 1], vec![2, 3]]);
+        // No cap: one pass in the batch's order.
+        assert_eq!(passes(&lengths, 0), vec![(0..lengths.len()).collect::<Vec<_>>()]);
     }
 }

@@ -287,6 +287,26 @@ fn checkpointed_gradients_and_accumulated_halves_equal_the_plain_full_batch() {
     let accumulated = train::flat_grads(model.parameters());
     let diff = max_abs_diff(&plain, &accumulated);
     assert!(diff < 1e-6, "accumulated gradients differ by {diff}");
+
+    // The passes the learner trains in: rows regrouped longest first, each pass padded to its
+    // own longest row. A cap of one row's length forces a pass per row.
+    let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
+    for max_tokens in [1, *lengths.iter().max().expect("rows") * 2] {
+        let passes = train::passes(&lengths, max_tokens);
+        assert!(passes.len() > 1, "{max_tokens} tokens per pass splits the batch");
+        train::zero_grad(model.parameters());
+        let mut pass_loss = 0.0;
+        for pass in passes {
+            let rows: Vec<Vec<i64>> = pass.iter().map(|&i| seqs[i].clone()).collect();
+            let row_masks: Vec<Vec<bool>> = pass.iter().map(|&i| masks[i].clone()).collect();
+            let part = TokenBatch::new(&rows, &row_masks, Device::Cpu);
+            pass_loss += train::backward(&model, &part, 1.0, false, |s| loss_of(s, count)).0;
+        }
+        let in_passes = train::flat_grads(model.parameters());
+        let diff = max_abs_diff(&plain, &in_passes);
+        assert!(diff < 1e-6, "gradients in passes of {max_tokens} tokens differ by {diff}");
+        assert!((pass_loss - loss).abs() < 1e-6);
+    }
 }
 
 #[test]

@@ -693,6 +693,12 @@ pub struct LearnerSection {
     /// `model.device = "cuda:N"` (or `cuda`, `auto` on a GPU machine) CUDA devices N, N+1, ...
     /// On the CPU each is another replica on the same cores, which only tests the path.
     pub devices: u32,
+    /// At most this many padded tokens (samples x the longest of them) in one forward+backward
+    /// pass: a rank's share of a step is trained in passes of similar-length samples whose
+    /// gradients add up to the same step. Smaller passes hold fewer activations and logits; on
+    /// the CPU, passes of a few thousand tokens also train faster per token (BENCHMARKS.md,
+    /// issue #4). 0 trains the whole share in one pass.
+    pub max_tokens_per_pass: u64,
 }
 
 impl Default for LearnerSection {
@@ -707,6 +713,7 @@ impl Default for LearnerSection {
             weights_port: 0,
             index: None,
             devices: 1,
+            max_tokens_per_pass: 3072,
         }
     }
 }
