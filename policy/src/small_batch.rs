@@ -2,8 +2,8 @@
 //! sampling step, one row per sequence.
 //!
 //! Why it exists: at a handful of rows, libtorch's float32 `linear` (MKL's sgemm) spends about
-//! half its time packing `W` into its panel layout, on every call, and reads `W` twice. Here `W`
-//! is read once, in place (row-major `[N, K]`, as the model stores it), two rows at a time,
+//! half its time packing `W` into its panel layout, on every call: it reads `W`, writes the
+//! packed copy and reads that again. Here `W` is read once, in place (row-major `[N, K]`, as the model stores it), two rows at a time,
 //! each pair multiplied with up to eight rows of `x` held in registers (AVX-512). On the 2-vCPU
 //! Intel machine of BENCHMARKS.md the 32 products of a `small` decode step at 8 rows take
 //! about 2.5 ms here against 4.5 ms through `linear` (issue #4).
@@ -31,6 +31,11 @@ pub const MAX_ROWS: i64 = 24;
 /// where this path does not apply; see the module's doc.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
     let kernel = kernel::available()?;
+    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1);
+    if threads > 1 && !kernel.has_team() {
+        // One thread here would lose to MKL on several.
+        return None;
+    }
     let cpu_float = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
     if !cpu_float(x) || !cpu_float(weight) || !weight.is_contiguous() {
         return None;
@@ -51,7 +56,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tens
     }
     let x = x.contiguous();
     let out = Tensor::empty([rows, n], (Kind::Float, Device::Cpu));
-    kernel.run(&x, weight, bias, &out, rows as usize, n as usize, k as usize);
+    kernel.run(&x, weight, bias, &out, [rows as usize, n as usize, k as usize], threads);
     if let Some(last) = out_shape.last_mut() {
         *last = n;
     }
@@ -131,20 +136,23 @@ mod kernel {
     }
 
     impl Kernel {
-        /// `out[m, j] = x[m] . w[j] + bias[j]`; every tensor is float32, contiguous and of the
-        /// shape the caller checked (`x` [rows, k], `w` [n, k], `bias` [n], `out` [rows, n]).
-        #[allow(clippy::too_many_arguments)]
+        /// Whether libtorch's OpenMP team (libgomp) was found, so the work can be shared.
+        pub(super) fn has_team(&self) -> bool {
+            self.team.is_some()
+        }
+
+        /// `out[m, j] = x[m] . w[j] + bias[j]` on up to `threads` threads; every tensor is
+        /// float32, contiguous and of the shape the caller checked (`[rows, n, k]`: `x`
+        /// [rows, k], `w` [n, k], `bias` [n], `out` [rows, n]).
         pub(super) fn run(
             &self,
             x: &Tensor,
             w: &Tensor,
             bias: Option<&Tensor>,
             out: &Tensor,
-            rows: usize,
-            n: usize,
-            k: usize,
+            [rows, n, k]: [usize; 3],
+            threads: usize,
         ) {
-            let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1);
             let mut job = Job {
                 x: x.data_ptr() as *const f32,
                 w: w.data_ptr() as *const f32,
