@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -126,6 +126,10 @@ pub struct Shared {
     /// The last step each of this process's ranks has recorded in the ledger, so that its
     /// first rank saves a ledger holding every rank's groups of the step it checkpoints.
     recorded_steps: Vec<AtomicU64>,
+    /// Set, under the ledger's lock, once this process has trained its last step: from then
+    /// on intake refuses groups, so no group is acknowledged that the final ledger (written
+    /// next) does not hold.
+    training_over: AtomicBool,
 }
 
 impl Shared {
@@ -166,6 +170,7 @@ impl Shared {
             queue,
             ledger_ready: watch::Sender::new(false),
             recorded_steps: (0..config.learner.devices.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            training_over: AtomicBool::new(false),
         };
         (Arc::new(shared), rx)
     }
@@ -187,6 +192,14 @@ impl Shared {
             Phase { name: name.to_owned(), done, total };
     }
 
+    /// Refuses every group from now on (`UNAVAILABLE`, not acknowledged, so the actor keeps
+    /// it): called once training is over. A group is either in every ledger taken after this
+    /// returns, or refused.
+    pub fn close_intake(&self) {
+        let _ledger = self.ledger();
+        self.training_over.store(true, Ordering::Release);
+    }
+
     /// The ledger, locked (it is never held across an await).
     pub fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -201,6 +214,10 @@ impl Shared {
         let Some(limits) = self.limits.get() else {
             return Err(Status::unavailable("the learner is not ready yet"));
         };
+        let training_over = || Status::unavailable("the learner has trained its last step");
+        if self.training_over.load(Ordering::Acquire) {
+            return Err(training_over());
+        }
         let checked = intake::check_group(&group, limits);
         let version = self.policy_version.load(Ordering::Relaxed);
         // Too old a policy is stale; so is one newer than this learner has published (sampled
@@ -222,7 +239,13 @@ impl Shared {
             && group.actor_id.len() <= intake::MAX_ID_BYTES
             && group.group_seq > 0;
         if identified {
-            match self.ledger().record(&group.actor_id, group.group_seq, intake) {
+            let mut ledger = self.ledger();
+            // Checked again under the lock the final ledger is taken with: a group is either
+            // in that ledger or refused.
+            if self.training_over.load(Ordering::Acquire) {
+                return Err(training_over());
+            }
+            match ledger.record(&group.actor_id, group.group_seq, intake) {
                 Recorded::Duplicate => {
                     self.duplicate.fetch_add(1, Ordering::Relaxed);
                     return Ok((GroupOutcome::Duplicate, String::new()));
@@ -756,6 +779,7 @@ impl Trainer {
             self.process.notify_status_changed();
         }
         let stopped_early = state.step < total;
+        self.shared.close_intake();
         // Ranks that stepped together hold the same bits; the digest lets anyone check that.
         tracing::info!(step = state.step, rank = self.rank, digest = %parameter_digest(&model), "final parameters");
         if self.rank == 0 {

@@ -175,6 +175,27 @@ mod intake_queue {
     }
 
     #[tokio::test]
+    async fn once_intake_is_closed_groups_are_refused_and_the_ledger_stays_as_it_was() {
+        let (shared, _queue) = shared(8);
+        assert_eq!(shared.accept(numbered(1)).await.expect("taken").0, GroupOutcome::Accepted);
+        shared.close_intake();
+        let before = shared.ledger().accounts()["actor-0"];
+        // The next group of the same actor, and a first group of another: neither is
+        // acknowledged nor counted, so the ledger written after training holds every
+        // acknowledged group.
+        let mut other = numbered(1);
+        other.actor_id = "actor-1".into();
+        for group in [numbered(2), other] {
+            let refused = shared.accept(group).await.expect_err("intake is closed");
+            assert_eq!(refused.code(), tonic::Code::Unavailable);
+        }
+        let ledger = shared.ledger();
+        assert_eq!(ledger.accounts()["actor-0"], before);
+        assert!(!ledger.accounts().contains_key("actor-1"));
+        assert_eq!(shared.accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
     async fn the_ledger_counts_each_group_once_and_refuses_what_it_cannot_count() {
         let (shared, _queue) = shared(8);
         assert_eq!(shared.accept(numbered(1)).await.expect("taken").0, GroupOutcome::Accepted);
