@@ -3,10 +3,11 @@
 //!
 //! Why it exists: at a handful of rows, libtorch's float32 `linear` (MKL's sgemm) spends about
 //! half its time packing `W` into its panel layout, on every call: it reads `W`, writes the
-//! packed copy and reads that again. Here `W` is read once, in place (row-major `[N, K]`, as the model stores it), two rows at a time,
-//! each pair multiplied with up to eight rows of `x` held in registers (AVX-512). On the 2-vCPU
-//! Intel machine of BENCHMARKS.md the 32 products of a `small` decode step at 8 rows take
-//! about 2.5 ms here against 4.5 ms through `linear` (issue #4).
+//! packed copy and reads that again. Here `W` is read once, in place (row-major `[N, K]`, as
+//! the model stores it), two rows at a time, each pair multiplied with up to eight rows of `x`
+//! held in registers (AVX-512; four with AVX2, which has half the registers, for CPUs without
+//! AVX-512). On the 2-vCPU Intel machine of BENCHMARKS.md the 32 products of a `small` decode
+//! step at 8 rows take about 2.5 ms here against 4.5 ms through `linear` (issue #4).
 //!
 //! Threads: the rows of `W` are split over libtorch's own intra-op threads (its OpenMP team,
 //! through libgomp's `GOMP_parallel`, which `#pragma omp parallel` compiles to), so no second
@@ -15,22 +16,29 @@
 //! 0.1 ms a call, more than the work.
 //!
 //! What it is not: a general matrix product. It applies only where it is faster and exact to
-//! float32 rounding: CPU, float32, contiguous `W`, at most [`MAX_ROWS`] rows, a CPU with
-//! AVX-512F, and libtorch's threads from libgomp (or one thread). Everywhere else
-//! [`linear`] returns `None` and the caller uses libtorch. It records no autograd graph:
-//! callers use it only for passes without gradients (sampling).
+//! float32 rounding: CPU, float32, contiguous `W`, at most [`MAX_ROWS`] rows (fewer with
+//! AVX2), an x86-64 CPU with AVX-512F or AVX2 and FMA, and libtorch's threads from libgomp
+//! (or one thread). Everywhere else [`linear`] returns `None` and the caller uses libtorch.
+//! It records no autograd graph: callers use it only for passes without gradients (sampling).
 
 use tch::{Device, Kind, Tensor};
 
-/// The most rows of `x` this path takes. Measured with `policy bench --config small` on the
-/// machine of BENCHMARKS.md: sampling 1.5x as fast as through `linear` at 4 to 16 rows, 1.14x
-/// at 24, the same at 32; at 64 rows MKL's packing pays for itself.
+/// The most rows of `x` this path takes (with AVX-512; see [`kernel::Isa::rows`]).
 pub const MAX_ROWS: i64 = 24;
 
 /// `x W^T + b` over the last dimension of `x` (`weight` is `[N, K]`, `bias` `[N]`), or `None`
 /// where this path does not apply; see the module's doc.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
-    let kernel = kernel::available()?;
+    linear_with(kernel::available()?, x, weight, bias)
+}
+
+/// [`linear`] with a given kernel (the tests run every extension the CPU has).
+fn linear_with(
+    kernel: &kernel::Kernel,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Option<Tensor> {
     let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1);
     if threads > 1 && !kernel.has_team() {
         // One thread here would lose to MKL on several.
@@ -46,7 +54,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tens
         return None;
     }
     let rows = x.numel() as i64 / k;
-    if rows == 0 || rows > MAX_ROWS {
+    if !kernel.isa().rows().contains(&rows) {
         return None;
     }
     if let Some(b) = bias
@@ -63,7 +71,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tens
     Some(out.view(out_shape.as_slice()))
 }
 
-/// The raw-pointer part: the AVX-512 kernel and the OpenMP team it runs on.
+/// The raw-pointer part: the SIMD kernel and the OpenMP team it runs on.
 #[allow(unsafe_code)]
 mod kernel {
     use std::ffi::{c_int, c_uint, c_void};
@@ -75,22 +83,67 @@ mod kernel {
         unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
     type OmpQuery = unsafe extern "C" fn() -> c_int;
 
-    /// What this machine offers: AVX-512F, and libgomp's entry points if libtorch uses it.
+    /// The vector extension the kernel runs with.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Isa {
+        /// 512-bit registers (AVX-512F).
+        Avx512,
+        /// 256-bit registers (AVX2 and FMA).
+        Avx2,
+    }
+
+    impl Isa {
+        /// Both, widest first.
+        pub(super) const ALL: [Isa; 2] = [Isa::Avx512, Isa::Avx2];
+
+        /// The row counts where it beats libtorch's `linear`, measured with `policy bench
+        /// --config small` (generation tok/s) on the machine of BENCHMARKS.md, which has both
+        /// (AVX2 forced there; not measured on a CPU without AVX-512). AVX-512: 1.12x at 1 row,
+        /// about 1.5x at 4 to 16, 1.14x at 24, the same at 32; at 64 MKL's packing pays for
+        /// itself. AVX2: 0.96x at 1 row, 1.05x at 2, 1.13x to 1.27x at 4 to 16, 0.9x at 24.
+        pub(super) fn rows(self) -> std::ops::RangeInclusive<i64> {
+            match self {
+                Isa::Avx512 => 1..=super::MAX_ROWS,
+                Isa::Avx2 => 2..=16,
+            }
+        }
+
+        /// Whether this CPU has it.
+        pub(super) fn supported(self) -> bool {
+            #[cfg(target_arch = "x86_64")]
+            return match self {
+                Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => {
+                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+                }
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            false
+        }
+    }
+
+    /// What this machine offers: a vector extension, and libgomp's entry points if libtorch
+    /// uses it.
     pub(super) struct Kernel {
+        isa: Isa,
         team: Option<(GompParallel, OmpQuery, OmpQuery)>,
     }
 
-    /// The kernel, if this CPU has AVX-512F (looked up once).
+    /// The kernel with the widest extension this CPU has, if any (looked up once).
     pub(super) fn available() -> Option<&'static Kernel> {
         static KERNEL: OnceLock<Option<Kernel>> = OnceLock::new();
-        KERNEL.get_or_init(detect).as_ref()
+        KERNEL.get_or_init(|| Isa::ALL.into_iter().find_map(with_isa)).as_ref()
     }
 
-    #[cfg(target_arch = "x86_64")]
-    fn detect() -> Option<Kernel> {
-        if !std::is_x86_feature_detected!("avx512f") {
-            return None;
-        }
+    /// The kernel with `isa`, if this CPU has it.
+    pub(super) fn with_isa(isa: Isa) -> Option<Kernel> {
+        isa.supported().then(|| Kernel { isa, team: openmp_team() })
+    }
+
+    /// libgomp's entry points. libgomp is loaded with libtorch_cpu (a dependency of this
+    /// binary), so its symbols are in the global scope; a libtorch built with another OpenMP
+    /// (or none) has no `GOMP_parallel`.
+    fn openmp_team() -> Option<(GompParallel, OmpQuery, OmpQuery)> {
         // libgomp is loaded with libtorch_cpu (a dependency of this binary), so its symbols
         // are in the global scope.
         let symbol = |name: &std::ffi::CStr| {
@@ -98,7 +151,7 @@ mod kernel {
             let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
             (!p.is_null()).then_some(p)
         };
-        let team = match (
+        match (
             symbol(c"GOMP_parallel"),
             symbol(c"omp_get_thread_num"),
             symbol(c"omp_get_num_threads"),
@@ -114,13 +167,7 @@ mod kernel {
                 ))
             },
             _ => None,
-        };
-        Some(Kernel { team })
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn detect() -> Option<Kernel> {
-        None
+        }
     }
 
     /// One product: raw pointers into tensors the caller holds for the whole call.
@@ -132,10 +179,16 @@ mod kernel {
         rows: usize,
         n: usize,
         k: usize,
+        isa: Isa,
         team: Option<(OmpQuery, OmpQuery)>,
     }
 
     impl Kernel {
+        /// The extension it runs with.
+        pub(super) fn isa(&self) -> Isa {
+            self.isa
+        }
+
         /// Whether libtorch's OpenMP team (libgomp) was found, so the work can be shared.
         pub(super) fn has_team(&self) -> bool {
             self.team.is_some()
@@ -161,6 +214,7 @@ mod kernel {
                 rows,
                 n,
                 k,
+                isa: self.isa,
                 team: None,
             };
             match self.team {
@@ -197,120 +251,223 @@ mod kernel {
     /// # Safety
     /// The job's pointers cover its shapes, and no other thread writes these columns.
     unsafe fn columns(job: &Job, start: usize, end: usize) {
+        // SAFETY: a `Kernel` (and so a job) exists only with an extension this CPU has.
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `available` returned this kernel only where the CPU has AVX-512F.
         unsafe {
-            avx512::columns(job, start, end)
+            match job.isa {
+                Isa::Avx512 => simd::columns_avx512(job, start, end),
+                Isa::Avx2 => simd::columns_avx2(job, start, end),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (job, start, end);
     }
 
     #[cfg(target_arch = "x86_64")]
-    mod avx512 {
+    mod simd {
         use std::arch::x86_64::*;
 
         use super::Job;
 
-        /// Lanes of a 512-bit register.
-        const LANES: usize = 16;
-        /// Rows of `x` multiplied with each pair of `W`'s rows at once (8 x 2 accumulators).
-        const ROW_BLOCK: usize = 8;
+        /// One x86-64 vector extension: its register, and the few operations the kernel uses.
+        /// The methods are `unsafe` intrinsics; callers run them inside a function compiled
+        /// for that extension (`#[target_feature]`), into which they inline.
+        pub(super) trait Lanes: Copy {
+            /// Floats in a register.
+            const LANES: usize;
+            /// Rows of `x` per block: `ROWS` x 2 accumulators, leaving registers for two rows
+            /// of `W` and one of `x`.
+            const ROWS: usize;
+            unsafe fn zero() -> Self;
+            unsafe fn load(p: *const f32) -> Self;
+            /// The first `n` (fewer than `LANES`) floats at `p`, zeros after; reads no further.
+            unsafe fn load_first(p: *const f32, n: usize) -> Self;
+            /// `a * b + c`.
+            unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
+            /// The sum of the lanes.
+            unsafe fn sum(self) -> f32;
+        }
+
+        impl Lanes for __m512 {
+            const LANES: usize = 16;
+            const ROWS: usize = 8;
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                // SAFETY: inside a function compiled for this extension (the trait's doc).
+                unsafe { _mm512_setzero_ps() }
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self {
+                // SAFETY: the pointer covers 16 floats; inside a function compiled for AVX-512F.
+                unsafe { _mm512_loadu_ps(p) }
+            }
+            #[inline(always)]
+            unsafe fn load_first(p: *const f32, n: usize) -> Self {
+                // SAFETY: masked-off lanes are not read; inside a function compiled for AVX-512F.
+                unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, p) }
+            }
+            #[inline(always)]
+            unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+                // SAFETY: inside a function compiled for this extension (the trait's doc).
+                unsafe { _mm512_fmadd_ps(a, b, c) }
+            }
+            #[inline(always)]
+            unsafe fn sum(self) -> f32 {
+                // SAFETY: inside a function compiled for this extension (the trait's doc).
+                unsafe { _mm512_reduce_add_ps(self) }
+            }
+        }
+
+        impl Lanes for __m256 {
+            const LANES: usize = 8;
+            const ROWS: usize = 4;
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                // SAFETY: inside a function compiled for this extension (the trait's doc).
+                unsafe { _mm256_setzero_ps() }
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self {
+                // SAFETY: the pointer covers 8 floats; inside a function compiled for AVX2.
+                unsafe { _mm256_loadu_ps(p) }
+            }
+            #[inline(always)]
+            unsafe fn load_first(p: *const f32, n: usize) -> Self {
+                // SAFETY: inside a function compiled for this extension (the trait's doc);
+                // masked-off lanes are not read.
+                unsafe {
+                    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane);
+                    _mm256_maskload_ps(p, mask)
+                }
+            }
+            #[inline(always)]
+            unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+                // SAFETY: inside a function compiled for this extension (the trait's doc).
+                unsafe { _mm256_fmadd_ps(a, b, c) }
+            }
+            #[inline(always)]
+            unsafe fn sum(self) -> f32 {
+                // SAFETY: inside a function compiled for this extension (the trait's doc).
+                unsafe {
+                    let four =
+                        _mm_add_ps(_mm256_castps256_ps128(self), _mm256_extractf128_ps(self, 1));
+                    let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+                    _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps(two, two, 1)))
+                }
+            }
+        }
+
         /// How many rows of `W` ahead the first row block prefetches.
         const PREFETCH_ROWS: usize = 4;
 
+        /// [`columns`] with 512-bit registers.
         #[target_feature(enable = "avx512f")]
-        pub(super) unsafe fn columns(job: &Job, start: usize, end: usize) {
+        pub(super) unsafe fn columns_avx512(job: &Job, start: usize, end: usize) {
+            // SAFETY: as the caller's.
+            unsafe { columns::<__m512>(job, start, end) }
+        }
+
+        /// [`columns`] with 256-bit registers.
+        #[target_feature(enable = "avx2,fma")]
+        pub(super) unsafe fn columns_avx2(job: &Job, start: usize, end: usize) {
+            // SAFETY: as the caller's.
+            unsafe { columns::<__m256>(job, start, end) }
+        }
+
+        /// Output columns `start..end`, every row: pairs of `W`'s rows, then the odd one.
+        #[inline(always)]
+        unsafe fn columns<V: Lanes>(job: &Job, start: usize, end: usize) {
             let mut j = start;
             while j + 2 <= end {
                 // SAFETY: rows j and j + 1 of W exist (j + 2 <= end <= n).
-                unsafe { weight_rows::<2>(job, j) };
+                unsafe { weight_rows::<V, 2>(job, j) };
                 j += 2;
             }
             if j < end {
                 // SAFETY: row j of W exists.
-                unsafe { weight_rows::<1>(job, j) };
+                unsafe { weight_rows::<V, 1>(job, j) };
             }
         }
 
         /// Output columns `j..j + NR` for every row of `x`, a block of rows at a time (the
         /// `NR` rows of `W` stay in L1 between blocks).
-        #[target_feature(enable = "avx512f")]
-        unsafe fn weight_rows<const NR: usize>(job: &Job, j: usize) {
+        #[inline(always)]
+        unsafe fn weight_rows<V: Lanes, const NR: usize>(job: &Job, j: usize) {
             let mut m = 0;
             while m < job.rows {
                 let prefetch = m == 0;
-                // SAFETY: rows m.. of x exist; the block functions read at most `rows - m`.
+                // SAFETY: rows m.. of x exist; each block reads min(rows - m, ROWS) of them.
                 unsafe {
-                    match job.rows - m {
-                        1 => block::<1, NR>(job, m, j, prefetch),
-                        2 => block::<2, NR>(job, m, j, prefetch),
-                        3 => block::<3, NR>(job, m, j, prefetch),
-                        4 => block::<4, NR>(job, m, j, prefetch),
-                        5 => block::<5, NR>(job, m, j, prefetch),
-                        6 => block::<6, NR>(job, m, j, prefetch),
-                        7 => block::<7, NR>(job, m, j, prefetch),
-                        _ => block::<ROW_BLOCK, NR>(job, m, j, prefetch),
+                    match (job.rows - m).min(V::ROWS) {
+                        1 => block::<V, 1, NR>(job, m, j, prefetch),
+                        2 => block::<V, 2, NR>(job, m, j, prefetch),
+                        3 => block::<V, 3, NR>(job, m, j, prefetch),
+                        4 => block::<V, 4, NR>(job, m, j, prefetch),
+                        5 => block::<V, 5, NR>(job, m, j, prefetch),
+                        6 => block::<V, 6, NR>(job, m, j, prefetch),
+                        7 => block::<V, 7, NR>(job, m, j, prefetch),
+                        _ => block::<V, 8, NR>(job, m, j, prefetch),
                     }
                 }
-                m += ROW_BLOCK;
+                m += V::ROWS;
             }
         }
 
         /// `MR` rows of `x` (from `m`) times `NR` rows of `W` (from `j`): MR x NR dot products
-        /// of length k, 16 lanes at a time, the last partial group under a mask.
-        #[target_feature(enable = "avx512f")]
-        unsafe fn block<const MR: usize, const NR: usize>(
+        /// of length k, a register at a time, the last partial register masked.
+        #[inline(always)]
+        unsafe fn block<V: Lanes, const MR: usize, const NR: usize>(
             job: &Job,
             m: usize,
             j: usize,
             prefetch: bool,
         ) {
             let k = job.k;
-            let whole = k / LANES * LANES;
-            let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+            let whole = k / V::LANES * V::LANES;
             // SAFETY (every access below): x rows m..m + MR and W rows j..j + NR exist and have
-            // k floats each; loads stop at `whole`, and the tail is masked to k - whole lanes.
+            // k floats each; full loads stop at `whole`, and the tail loads k - whole lanes.
             // Prefetches are hints and never fault; they stay inside W anyway.
             unsafe {
+                let mut acc = [[V::zero(); NR]; MR];
                 let x = job.x.add(m * k);
                 let w = job.w.add(j * k);
                 let ahead = prefetch && j + PREFETCH_ROWS + NR <= job.n;
                 let mut c = 0;
                 while c < whole {
-                    let mut wv = [_mm512_setzero_ps(); NR];
+                    let mut wv = [V::zero(); NR];
                     for (r, v) in wv.iter_mut().enumerate() {
-                        *v = _mm512_loadu_ps(w.add(r * k + c));
-                        if ahead {
+                        *v = V::load(w.add(r * k + c));
+                        // One prefetch per 64-byte line.
+                        if ahead && c % 16 == 0 {
                             let next = w.add((PREFETCH_ROWS + r) * k + c);
                             _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
                         }
                     }
                     for (i, row) in acc.iter_mut().enumerate() {
-                        let xv = _mm512_loadu_ps(x.add(i * k + c));
+                        let xv = V::load(x.add(i * k + c));
                         for (a, &wr) in row.iter_mut().zip(&wv) {
-                            *a = _mm512_fmadd_ps(wr, xv, *a);
+                            *a = V::mul_add(wr, xv, *a);
                         }
                     }
-                    c += LANES;
+                    c += V::LANES;
                 }
                 if c < k {
-                    let mask: __mmask16 = (1u16 << (k - c)) - 1;
-                    let mut wv = [_mm512_setzero_ps(); NR];
+                    let mut wv = [V::zero(); NR];
                     for (r, v) in wv.iter_mut().enumerate() {
-                        *v = _mm512_maskz_loadu_ps(mask, w.add(r * k + c));
+                        *v = V::load_first(w.add(r * k + c), k - c);
                     }
                     for (i, row) in acc.iter_mut().enumerate() {
-                        let xv = _mm512_maskz_loadu_ps(mask, x.add(i * k + c));
+                        let xv = V::load_first(x.add(i * k + c), k - c);
                         for (a, &wr) in row.iter_mut().zip(&wv) {
-                            *a = _mm512_fmadd_ps(wr, xv, *a);
+                            *a = V::mul_add(wr, xv, *a);
                         }
                     }
                 }
                 for (i, row) in acc.iter().enumerate() {
                     for (r, &a) in row.iter().enumerate() {
                         let bias = if job.bias.is_null() { 0.0 } else { *job.bias.add(j + r) };
-                        *job.y.add((m + i) * job.n + j + r) = _mm512_reduce_add_ps(a) + bias;
+                        *job.y.add((m + i) * job.n + j + r) = a.sum() + bias;
                     }
                 }
             }
@@ -332,28 +489,40 @@ mod tests {
         (a.to_kind(Kind::Double) - b).abs().max().double_value(&[])
     }
 
+    /// A kernel for each extension this CPU has; says so when there is none.
+    fn kernels() -> Vec<kernel::Kernel> {
+        let kernels: Vec<_> = kernel::Isa::ALL.into_iter().filter_map(kernel::with_isa).collect();
+        if kernels.is_empty() {
+            eprintln!("SKIPPED: no AVX-512F or AVX2, so the small-batch kernel is never used");
+        }
+        kernels
+    }
+
     #[test]
     fn matches_a_float64_product_at_every_row_count_and_shape() {
-        if kernel::available().is_none() {
-            eprintln!("SKIPPED: this CPU has no AVX-512F, so the small-batch kernel is never used");
-            return;
+        for kernel in kernels() {
+            matches_a_float64_product_with(&kernel);
         }
+    }
+
+    fn matches_a_float64_product_with(kernel: &kernel::Kernel) {
         tch::manual_seed(7);
         let _guard = tch::no_grad_guard();
         // k: whole 16-lane groups, a masked tail, only a tail; n: even, odd, one row.
         for &(k, n) in &[(64, 96), (100, 37), (7, 5), (1408, 512), (512, 1), (33, 2)] {
             let w = Tensor::randn([n, k], (Kind::Float, Device::Cpu));
             let bias = Tensor::randn([n], (Kind::Float, Device::Cpu));
-            for rows in 1..=MAX_ROWS {
+            for rows in kernel.isa().rows() {
                 let x = Tensor::randn([rows, 1, k], (Kind::Float, Device::Cpu));
                 for b in [None, Some(&bias)] {
-                    let got = linear(&x, &w, b).expect("the fast path applies");
+                    let got = linear_with(kernel, &x, &w, b).expect("the fast path applies");
                     assert_eq!(got.size(), [rows, 1, n]);
                     let want = reference(&x, &w, b);
                     // float32 rounding of a k-term sum of products of unit normals.
                     let tolerance = 1e-6 * (k as f64).sqrt() * 8.0;
                     let error = max_error(&got, &want);
-                    assert!(error < tolerance, "k={k} n={n} rows={rows}: error {error}");
+                    let isa = kernel.isa();
+                    assert!(error < tolerance, "{isa:?} k={k} n={n} rows={rows}: error {error}");
                 }
             }
         }
@@ -361,22 +530,20 @@ mod tests {
 
     #[test]
     fn splits_the_work_over_libtorchs_threads_without_changing_the_result() {
-        if kernel::available().is_none() {
-            eprintln!("SKIPPED: this CPU has no AVX-512F, so the small-batch kernel is never used");
-            return;
-        }
         let _guard = tch::no_grad_guard();
         let w = Tensor::randn([301, 96], (Kind::Float, Device::Cpu));
         let x = Tensor::randn([5, 96], (Kind::Float, Device::Cpu));
-        let threads = tch::get_num_threads();
-        tch::set_num_threads(1);
-        let one = linear(&x, &w, None).expect("the fast path applies");
-        tch::set_num_threads(3);
-        let three = linear(&x, &w, None).expect("the fast path applies");
-        tch::set_num_threads(threads);
-        // Each column is one thread's dot product either way: the same bits.
-        assert!(one.equal(&three));
-        assert!(max_error(&one, &reference(&x, &w, None)) < 1e-4);
+        for kernel in kernels() {
+            let threads = tch::get_num_threads();
+            tch::set_num_threads(1);
+            let one = linear_with(&kernel, &x, &w, None).expect("the fast path applies");
+            tch::set_num_threads(3);
+            let three = linear_with(&kernel, &x, &w, None).expect("the fast path applies");
+            tch::set_num_threads(threads);
+            // Each column is one thread's dot product either way: the same bits.
+            assert!(one.equal(&three), "{:?}", kernel.isa());
+            assert!(max_error(&one, &reference(&x, &w, None)) < 1e-4);
+        }
     }
 
     #[test]
