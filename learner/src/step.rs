@@ -6,7 +6,8 @@
 //! ([`crate::loss`]) divided by the step's global token count, so the ranks' gradients summed
 //! (the all-reduce) are the gradient of one rank on the whole batch; the optimizer then steps on
 //! that sum. A rank's samples go through the model in passes of bounded size (longest first,
-//! so a pass pads little), whose gradients add up. What this module does not do: compute advantages, or all-reduce.
+//! so a pass pads little), whose gradients add up. What this module does not do: compute
+//! advantages, or all-reduce.
 
 use policy::Qwen2;
 use policy::train::{self, TokenBatch};

@@ -361,11 +361,7 @@ fn bench(
         let row_lengths: Vec<usize> = generated.iter().map(Vec::len).collect();
         let passes: Vec<TokenBatch> = train::passes(&row_lengths, max_tokens_per_pass)
             .iter()
-            .map(|pass| {
-                let rows: Vec<Vec<i64>> = pass.iter().map(|&i| generated[i].clone()).collect();
-                let row_masks: Vec<Vec<bool>> = pass.iter().map(|&i| masks[i].clone()).collect();
-                TokenBatch::new(&rows, &row_masks, model.device())
-            })
+            .map(|pass| TokenBatch::of_rows(&generated, &masks, pass, model.device()))
             .collect();
         let count = passes.iter().map(TokenBatch::num_loss_tokens).sum::<i64>().max(1) as f64;
         median((0..=repeats).map(|_| {

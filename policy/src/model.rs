@@ -568,17 +568,21 @@ impl Qwen2 {
         self.norm.forward(x)
     }
 
+    /// The output head: `lm_head`, or the embedding when tied.
+    fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
     /// Logits of normed hidden states [..., hidden] -> [..., vocab], in float32.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        hidden.linear::<Tensor>(head, None).to_kind(Kind::Float)
+        hidden.linear::<Tensor>(self.head(), None).to_kind(Kind::Float)
     }
 
     /// [`Qwen2::logits`] for hidden states that need no gradient (sampling): a few rows on the
     /// CPU take [`crate::small_batch`].
     pub fn sampling_logits(&self, hidden: &Tensor) -> Tensor {
         let _guard = tch::no_grad_guard();
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let head = self.head();
         crate::small_batch::linear(hidden, head, None)
             .unwrap_or_else(|| hidden.linear::<Tensor>(head, None))
             .to_kind(Kind::Float)

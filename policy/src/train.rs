@@ -42,6 +42,19 @@ impl TokenBatch {
         }
     }
 
+    /// The batch of the rows `rows` of `sequences` (and their `masks`): one pass of
+    /// [`passes`].
+    pub fn of_rows(
+        sequences: &[Vec<i64>],
+        masks: &[Vec<bool>],
+        rows: &[usize],
+        device: Device,
+    ) -> Self {
+        let picked: Vec<Vec<i64>> = rows.iter().map(|&i| sequences[i].clone()).collect();
+        let picked_masks: Vec<Vec<bool>> = rows.iter().map(|&i| masks[i].clone()).collect();
+        TokenBatch::new(&picked, &picked_masks, device)
+    }
+
     /// Number of tokens in the loss.
     pub fn num_loss_tokens(&self) -> i64 {
         self.loss_mask.sum(Kind::Int64).int64_value(&[])

@@ -297,9 +297,7 @@ fn checkpointed_gradients_and_accumulated_halves_equal_the_plain_full_batch() {
         train::zero_grad(model.parameters());
         let mut pass_loss = 0.0;
         for pass in passes {
-            let rows: Vec<Vec<i64>> = pass.iter().map(|&i| seqs[i].clone()).collect();
-            let row_masks: Vec<Vec<bool>> = pass.iter().map(|&i| masks[i].clone()).collect();
-            let part = TokenBatch::new(&rows, &row_masks, Device::Cpu);
+            let part = TokenBatch::of_rows(&seqs, &masks, &pass, Device::Cpu);
             pass_loss += train::backward(&model, &part, 1.0, false, |s| loss_of(s, count)).0;
         }
         let in_passes = train::flat_grads(model.parameters());
