@@ -3,7 +3,8 @@
 //! learners, 3-7 five actors and 8 the tool-server, each listening on its own address. The tiny
 //! model trains a few steps, and the test checks that every node registered from its own
 //! address, trajectories flowed, both learner ranks held the same parameters after every step
-//! and every actor followed the newest policy. Then it cuts links and prints what it measured.
+//! and every actor caught up with the learners' policy. Then it cuts links and prints what it
+//! measured.
 //!
 //! Every process runs with mutual TLS: the test makes the run's certificates first, and dials
 //! status as the run's operator.
@@ -372,7 +373,7 @@ async fn learner_ranks(hosts: &Hosts) -> (usize, usize) {
 /// The learners publish every step, so every actor holding the very newest version at one
 /// instant is a race that a fast run seldom gives; catching up with a version the learners
 /// published is what following them means.
-async fn wait_actors_on_newest(hosts: &Hosts, rank0: usize, version: u64) -> u64 {
+async fn wait_actors_caught_up(hosts: &Hosts, rank0: usize, version: u64) -> u64 {
     let target = AtomicU64::new(0);
     let target = &target;
     wait_until(
@@ -458,7 +459,7 @@ async fn nine_hosts_train_and_an_actor_whose_link_drops_is_lost_then_rejoins() {
     start_cluster(&mut hosts, steps, None).await;
     check_registrations(&hosts).await;
     let (rank0, _) = learner_ranks(&hosts).await;
-    wait_actors_on_newest(&hosts, rank0, 2).await;
+    wait_actors_caught_up(&hosts, rank0, 2).await;
 
     // Cut actor host 3's link: the coordinator marks it lost within the heartbeat timeout.
     let cut = ACTORS[0];
@@ -494,8 +495,8 @@ async fn nine_hosts_train_and_an_actor_whose_link_drops_is_lost_then_rejoins() {
         || async { actor_status(cut).await.is_some_and(|s| s.groups_acked > acked_before) },
     )
     .await;
-    // Every actor, the rejoined one included, follows the learners to their newest policy.
-    let newest = wait_actors_on_newest(&hosts, rank0, 1).await;
+    // Every actor, the rejoined one included, catches up with the learners' policy.
+    let caught_up = wait_actors_caught_up(&hosts, rank0, 1).await;
 
     finish_run(&mut hosts, steps, Duration::from_secs(300));
     let status = coordinator_status().await.expect("status");
@@ -504,7 +505,7 @@ async fn nine_hosts_train_and_an_actor_whose_link_drops_is_lost_then_rejoins() {
     println!(
         "multihost (9 hosts, actor link down and up): {steps} steps, {trajectories} trajectories \
          from 5 actors, lost detected after {:.2} s (heartbeat timeout {:.1} s), rejoined {:.2} s \
-         after the link came back, every actor caught up with policy v{newest} after it, {:.0} s \
+         after the link came back, every actor caught up with policy v{caught_up} after it, {:.0} s \
          in all",
         lost_after.as_secs_f64(),
         HEARTBEAT_TIMEOUT.as_secs_f64(),
@@ -539,14 +540,14 @@ async fn nine_hosts_complete_a_run_with_20_ms_latency_and_1_percent_loss_everywh
     let round_trip = call.elapsed();
     assert!(round_trip >= Duration::from_millis(40), "round trip {round_trip:?}");
     let (rank0, _) = learner_ranks(&hosts).await;
-    let newest = wait_actors_on_newest(&hosts, rank0, 2).await;
+    let caught_up = wait_actors_caught_up(&hosts, rank0, 2).await;
     finish_run(&mut hosts, steps, Duration::from_secs(600));
     let trajectories = trajectories_generated().await;
     println!(
         "multihost (9 hosts, 20 ms each way through delay proxies, 1% of packets dropped, \
          200 Mbit/s per host): \
          {steps} steps, {trajectories} trajectories, every actor caught up with the learners' \
-         policy v{newest} during the run, a status call {:.0} ms, {:.0} s in all",
+         policy v{caught_up} during the run, a status call {:.0} ms, {:.0} s in all",
         round_trip.as_secs_f64() * 1e3,
         started.elapsed().as_secs_f64()
     );
